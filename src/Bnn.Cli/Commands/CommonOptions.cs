@@ -1,0 +1,60 @@
+using System.CommandLine;
+using Bnn.Data;
+using Bnn.Model;
+
+namespace Bnn.Cli;
+
+/// <summary>Options several commands share, and how they are turned into objects.</summary>
+internal static class CommonOptions
+{
+    public static Option<string> Model() => new("--model") { Description = "model file (.bnn)", Required = true };
+
+    public static Option<string> Data(bool required = true) => new("--data") { Description = "directory with the dataset files", Required = required };
+
+    public static Option<string> Dataset() => new Option<string>("--dataset") { Description = "dataset", DefaultValueFactory = _ => "cifar10" }
+        .AcceptOnlyFromAmong([.. Datasets.Names]);
+
+    public static Option<string> Split() => new Option<string>("--split") { Description = "which split", DefaultValueFactory = _ => "test" }
+        .AcceptOnlyFromAmong("test", "train");
+
+    public static Option<string?> File() => new("--file") { Description = "a single record file inside --data, e.g. lossless_test_0-999.bin.gz" };
+
+    public static Option<int?> Limit() => new("--limit") { Description = "use only the first N images" };
+
+    public static Option<int> Threads() => new("--threads") { Description = "worker threads", DefaultValueFactory = _ => Environment.ProcessorCount };
+
+    public static Option<string?> Json() => new("--json") { Description = "also write the results as JSON to this file" };
+
+    public static BnnModel LoadModel(string path) => ModelFile.Load(path);
+
+    public static ImageSet LoadImages(string dataset, string dir, string split, string? file, int? limit)
+    {
+        if (limit is <= 0)
+        {
+            throw new UsageException("--limit must be positive");
+        }
+        var set = Datasets.Load(dataset, dir, split, file);
+        return limit is int n ? set.Take(n) : set;
+    }
+
+    public static void CheckThreads(int threads)
+    {
+        if (threads <= 0)
+        {
+            throw new UsageException("--threads must be positive");
+        }
+    }
+
+    /// <summary>Writes a JSON document atomically.</summary>
+    public static void WriteJson(string path, Action<System.Text.Json.Utf8JsonWriter> write)
+    {
+        var full = Path.GetFullPath(path);
+        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        using (var stream = System.IO.File.Create(full + ".tmp"))
+        using (var w = new System.Text.Json.Utf8JsonWriter(stream, new System.Text.Json.JsonWriterOptions { Indented = true }))
+        {
+            write(w);
+        }
+        System.IO.File.Move(full + ".tmp", full, overwrite: true);
+    }
+}

@@ -1,0 +1,78 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using Bnn.Engine;
+using Bnn.Engine.Reference;
+
+namespace Bnn.Cli;
+
+internal static class EvalCommand
+{
+    public static IReadOnlyList<string> EngineNames { get; } = ["reference", "fast"];
+
+    public static Command Create(CliIo io)
+    {
+        var model = CommonOptions.Model();
+        var data = CommonOptions.Data();
+        var dataset = CommonOptions.Dataset();
+        var split = CommonOptions.Split();
+        var file = CommonOptions.File();
+        var limit = CommonOptions.Limit();
+        var engine = new Option<string>("--engine") { Description = "inference engine", DefaultValueFactory = _ => "fast" }.AcceptOnlyFromAmong([.. EngineNames]);
+        var threads = CommonOptions.Threads();
+        var json = CommonOptions.Json();
+        var command = new Command("eval", "Evaluate a model on a dataset: accuracy and images/s")
+        {
+            model, data, dataset, split, file, limit, engine, threads, json,
+        };
+        command.SetAction(parse => BnnApp.Guard(io, () =>
+        {
+            int t = parse.GetValue(threads);
+            CommonOptions.CheckThreads(t);
+            var modelPath = parse.GetValue(model)!;
+            var m = CommonOptions.LoadModel(modelPath);
+            var images = CommonOptions.LoadImages(parse.GetValue(dataset)!, parse.GetValue(data)!, parse.GetValue(split)!, parse.GetValue(file), parse.GetValue(limit));
+            IEngine e = CreateEngine(parse.GetValue(engine)!, m);
+            var clock = Stopwatch.StartNew();
+            var (_, predictions) = e.Run(images, t);
+            double seconds = clock.Elapsed.TotalSeconds;
+            int correct = predictions.Where((p, i) => p == images.Labels[i]).Count();
+            double accuracy = (double)correct / images.Count;
+            double ips = images.Count / Math.Max(seconds, 1e-9);
+            io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{images.Count} images, {correct} correct: accuracy {accuracy:P2}; {ips:F1} images/s ({e.Name} engine, {t} threads)"));
+            if (parse.GetValue(json) is string jsonPath)
+            {
+                CommonOptions.WriteJson(jsonPath, w =>
+                {
+                    w.WriteStartObject();
+                    w.WriteString("model", modelPath);
+                    w.WriteString("dataset", parse.GetValue(dataset));
+                    w.WriteString("split", parse.GetValue(file) ?? parse.GetValue(split));
+                    w.WriteNumber("images", images.Count);
+                    w.WriteNumber("correct", correct);
+                    w.WriteNumber("accuracy", accuracy);
+                    w.WriteNumber("images_per_second", ips);
+                    w.WriteString("engine", e.Name);
+                    w.WriteNumber("threads", t);
+                    w.WriteStartArray("predictions");
+                    foreach (var p in predictions)
+                    {
+                        w.WriteNumberValue(p);
+                    }
+                    w.WriteEndArray();
+                    w.WriteEndObject();
+                });
+            }
+            return BnnApp.Ok;
+        }));
+        return command;
+    }
+
+    public static IEngine CreateEngine(string name, Model.BnnModel model) => name switch
+    {
+        "reference" => new ReferenceEngine(model),
+        "fast" => new PackedEngine(model),
+        _ => throw new UsageException($"unknown engine '{name}' (expected one of: {string.Join(", ", EngineNames)})"),
+    };
+}

@@ -1,0 +1,104 @@
+using System.CommandLine;
+using System.Globalization;
+using Bnn.Data;
+using Bnn.Model;
+using Bnn.Training;
+using Spectre.Console;
+
+namespace Bnn.Cli;
+
+internal static class TrainCommand
+{
+    public static Command Create(CliIo io)
+    {
+        var arch = new Option<string>("--arch") { Description = "architecture", Required = true }.AcceptOnlyFromAmong([.. Architectures.Names]);
+        var width = new Option<double>("--width") { Description = "channel-count multiplier", DefaultValueFactory = _ => 1.0 };
+        var dataset = new Option<string>("--dataset") { Description = "dataset", Required = true }.AcceptOnlyFromAmong([.. Datasets.Names]);
+        var data = new Option<string>("--data") { Description = "directory with the dataset files", Required = true };
+        var epochs = new Option<int>("--epochs") { Description = "total epochs (the learning-rate schedule spans them)", Required = true };
+        var output = new Option<string>("--out") { Description = "model file to write; checkpoints and the CSV log go beside it", Required = true };
+        var resume = new Option<string?>("--resume") { Description = "continue from this checkpoint (.ckpt)" };
+        var seed = new Option<int>("--seed") { Description = "random seed", DefaultValueFactory = _ => 1 };
+        var threads = new Option<int>("--threads") { Description = "libtorch threads (0: its default)" };
+        var batch = new Option<int>("--batch") { Description = "mini-batch size", DefaultValueFactory = _ => 100 };
+        var lr = new Option<double>("--lr") { Description = "initial Adam learning rate (cosine-annealed)", DefaultValueFactory = _ => 2e-3 };
+        var limit = new Option<int?>("--limit") { Description = "use only the first N training records (smoke runs)" };
+        var maxBatches = new Option<int?>("--max-batches") { Description = "stop each epoch after N batches (smoke runs)" };
+        var command = new Command("train", "Train a BNN with TorchSharp and write a bit-packed model file")
+        {
+            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches,
+        };
+        command.SetAction(parse => BnnApp.Guard(io, () =>
+        {
+            var options = new TrainOptions
+            {
+                Arch = parse.GetValue(arch)!,
+                Width = parse.GetValue(width),
+                Dataset = parse.GetValue(dataset)!,
+                DataDir = parse.GetValue(data)!,
+                Epochs = parse.GetValue(epochs),
+                Out = parse.GetValue(output)!,
+                Resume = parse.GetValue(resume),
+                Seed = parse.GetValue(seed),
+                Threads = parse.GetValue(threads),
+                BatchSize = parse.GetValue(batch),
+                LearningRate = parse.GetValue(lr),
+                TrainLimit = parse.GetValue(limit),
+                MaxBatchesPerEpoch = parse.GetValue(maxBatches),
+            };
+            if (options.Epochs < 0 || options.BatchSize <= 0 || !(options.Width > 0))
+            {
+                throw new UsageException("--epochs must be ≥ 0, --batch > 0 and --width > 0");
+            }
+            if (options.Resume is not null && !File.Exists(options.Resume))
+            {
+                throw new UsageException($"--resume: checkpoint {options.Resume} not found");
+            }
+            var result = RunWithProgress(io, options);
+            var best = result.History.FirstOrDefault(h => h.Epoch == result.BestEpoch);
+            io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"trained {result.History.Count} epochs; best validation accuracy {best?.ValidationAccuracy:P2} at epoch {result.BestEpoch}"));
+            io.Out.WriteLine($"checkpoint: {result.CheckpointPath}");
+            io.Out.WriteLine($"log: {result.LogPath}");
+            return BnnApp.Ok;
+        }));
+        return command;
+    }
+
+    private static TrainResult RunWithProgress(CliIo io, TrainOptions options)
+    {
+        if (!io.Interactive)
+        {
+            int lastEpoch = 0;
+            var lines = new ActionProgress<TrainProgress>(p =>
+            {
+                if (p.Batch == p.Batches && p.Epoch != lastEpoch)
+                {
+                    lastEpoch = p.Epoch;
+                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"epoch {p.Epoch}/{p.Epochs}: loss {p.Loss:F4} train acc {p.Accuracy:P2} eta {p.Eta:hh\\:mm\\:ss}"));
+                }
+            });
+            return Trainer.Train(options, lines);
+        }
+        TrainResult? result = null;
+        AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask("training", maxValue: 1.0);
+                result = Trainer.Train(options, new ActionProgress<TrainProgress>(p =>
+                {
+                    task.Description = string.Create(CultureInfo.InvariantCulture, $"epoch {p.Epoch}/{p.Epochs} loss {p.Loss:F3} acc {p.Accuracy:P1}");
+                    task.Value = ((p.Epoch - 1) + ((double)p.Batch / p.Batches)) / p.Epochs;
+                }));
+            });
+        return result!;
+    }
+}
+
+/// <summary>Reports on the calling thread (System.Progress would post to the thread pool and reorder lines).</summary>
+internal sealed class ActionProgress<T>(Action<T> report) : IProgress<T>
+{
+    public void Report(T value) => report(value);
+}

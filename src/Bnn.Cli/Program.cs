@@ -1,0 +1,1 @@
+return Bnn.Cli.BnnApp.Run(args, Console.Out, Console.Error);

@@ -1,0 +1,434 @@
+using Bnn.Data;
+using Bnn.Engine.Kernels;
+using Bnn.Model;
+
+namespace Bnn.Engine;
+
+/// <summary>
+/// The bit-packed dense engine ("fast"): activations packed along channels (see <see cref="BitConvention"/>),
+/// XNOR-popcount through <see cref="XorPopCount"/>, parallel over images, and per-worker buffers reused across images
+/// so the steady state allocates nothing.
+/// </summary>
+public sealed class PackedEngine : IEngine
+{
+    private readonly PackedStep[] steps;
+    private readonly Lock workspaceLock = new();
+    private readonly List<Workspace> workspaces = [];
+
+    /// <summary>Compiles <paramref name="model"/> for packed execution with the given popcount kernel.</summary>
+    public PackedEngine(BnnModel model, PopCountKernel kernel = PopCountKernel.Auto)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        Model = model;
+        Kernel = kernel == PopCountKernel.Auto ? XorPopCount.Best : kernel;
+        steps = new PackedStep[model.Layers.Count];
+        for (int i = 0; i < steps.Length; i++)
+        {
+            var inShape = model.InputShapes[i];
+            var outShape = model.OutputShapes[i];
+            steps[i] = model.Layers[i] switch
+            {
+                ConvLayer { IsInputLayer: true } c => new InputConvStep(c, inShape, outShape),
+                ConvLayer c => new BinaryConvStep(c, inShape, outShape, Kernel),
+                MaxPoolLayer p => new PoolStep(p, inShape, outShape),
+                DenseLayer d => new DenseStep(d.Weights, d.Threshold, inShape, d.OutFeatures, Kernel),
+                OutputLayer o => new DenseStep(o.Weights, null, inShape, o.Classes, Kernel),
+                _ => throw new InvalidOperationException("unknown layer"),
+            };
+        }
+    }
+
+    /// <inheritdoc/>
+    public string Name => "fast";
+
+    /// <inheritdoc/>
+    public BnnModel Model { get; }
+
+    /// <summary>The popcount kernel in use.</summary>
+    public PopCountKernel Kernel { get; }
+
+    /// <inheritdoc/>
+    public void Score(ImageSet images, int start, int count, Span<int> scores, int threads = 1)
+    {
+        EngineExtensions.CheckInput(Model, images, start, count, scores.Length);
+        int classes = Model.Classes;
+        int workers = Math.Max(1, Math.Min(threads, count));
+        var ws = Workspaces(workers);
+        if (workers == 1)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                ScoreImage(images.Image(start + i), ws[0], scores.Slice(i * classes, classes));
+            }
+            return;
+        }
+        // A span cannot be captured by the worker lambda; one array per call (not per image) is the price.
+        var shared = new int[count * classes];
+        EngineExtensions.ForEachImage(start, count, workers, (i, w) =>
+            ScoreImage(images.Image(i), ws[w], shared.AsSpan((i - start) * classes, classes)));
+        shared.CopyTo(scores);
+    }
+
+    /// <summary>Scores one image with the given workspace.</summary>
+    internal void ScoreImage(ReadOnlySpan<byte> pixels, Workspace ws, Span<int> scores)
+    {
+        ReadOnlySpan<ulong> bits = default;
+        for (int i = 0; i < steps.Length; i++)
+        {
+            bits = steps[i] switch
+            {
+                InputConvStep s => s.Run(pixels, ws.Buffers[i]),
+                DenseStep { IsOutput: true } s => s.RunScores(bits, scores),
+                var s => s.Run(bits, ws.Buffers[i], ws.Padded[i]),
+            };
+        }
+    }
+
+    private Workspace[] Workspaces(int workers)
+    {
+        lock (workspaceLock)
+        {
+            while (workspaces.Count < workers)
+            {
+                workspaces.Add(new Workspace(steps));
+            }
+            return [.. workspaces.Take(workers)];
+        }
+    }
+
+    /// <summary>Per-worker buffers: each step's output and (for padded convs) its padded input.</summary>
+    internal sealed class Workspace
+    {
+        public Workspace(PackedStep[] steps)
+        {
+            Buffers = steps.Select(s => new ulong[s.OutputWords]).ToArray();
+            Padded = steps.Select(s => s.PaddedWords > 0 ? new ulong[s.PaddedWords] : []).ToArray();
+        }
+
+        public ulong[][] Buffers { get; }
+
+        public ulong[][] Padded { get; }
+    }
+}
+
+/// <summary>One compiled layer of the packed engine.</summary>
+internal abstract class PackedStep
+{
+    public int OutputWords { get; protected init; }
+
+    public int PaddedWords { get; protected init; }
+
+    public virtual ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded) =>
+        throw new InvalidOperationException();
+
+    protected static void WriteBit(Span<ulong> words, int channel, bool positive)
+    {
+        if (!positive)
+        {
+            words[channel >> 6] |= 1UL << (channel & 63);
+        }
+    }
+}
+
+/// <summary>
+/// The first layer: integer pixel codes times ±1 weights. Stored as an im2row gather per output pixel and an int
+/// dot product per filter; exact in int32 since |sum| ≤ 255·C·kh·kw.
+/// </summary>
+internal sealed class InputConvStep : PackedStep
+{
+    private readonly ConvLayer layer;
+    private readonly Shape inShape;
+    private readonly Shape outShape;
+    private readonly int[] weights; // (K, ky, kx, c)
+    private readonly int words;
+
+    public InputConvStep(ConvLayer layer, Shape inShape, Shape outShape)
+    {
+        this.layer = layer;
+        this.inShape = inShape;
+        this.outShape = outShape;
+        words = BitConvention.Words(outShape.Channels);
+        OutputWords = outShape.Height * outShape.Width * words;
+        int taps = layer.TapsPerOutput;
+        weights = new int[layer.OutChannels * taps];
+        for (int k = 0; k < layer.OutChannels; k++)
+        {
+            for (int ky = 0; ky < layer.KernelH; ky++)
+            {
+                for (int kx = 0; kx < layer.KernelW; kx++)
+                {
+                    for (int c = 0; c < layer.InChannels; c++)
+                    {
+                        weights[(k * taps) + (((ky * layer.KernelW) + kx) * layer.InChannels) + c] = layer.Weight(k, c, ky, kx);
+                    }
+                }
+            }
+        }
+    }
+
+    public ReadOnlySpan<ulong> Run(ReadOnlySpan<byte> pixels, ulong[] output)
+    {
+        int taps = layer.TapsPerOutput;
+        Span<int> patch = taps <= 1024 ? stackalloc int[taps] : new int[taps];
+        output.AsSpan().Clear();
+        int plane = inShape.Height * inShape.Width;
+        for (int oy = 0; oy < outShape.Height; oy++)
+        {
+            for (int ox = 0; ox < outShape.Width; ox++)
+            {
+                int t = 0;
+                for (int ky = 0; ky < layer.KernelH; ky++)
+                {
+                    int iy = (oy * layer.Stride) + ky - layer.Padding;
+                    for (int kx = 0; kx < layer.KernelW; kx++)
+                    {
+                        int ix = (ox * layer.Stride) + kx - layer.Padding;
+                        bool inside = iy >= 0 && iy < inShape.Height && ix >= 0 && ix < inShape.Width;
+                        for (int c = 0; c < layer.InChannels; c++)
+                        {
+                            patch[t++] = inside ? PixelCode.Encode(pixels[(c * plane) + (iy * inShape.Width) + ix]) : 0;
+                        }
+                    }
+                }
+                var dst = output.AsSpan(((oy * outShape.Width) + ox) * words, words);
+                for (int k = 0; k < layer.OutChannels; k++)
+                {
+                    int acc = Dot(patch, weights.AsSpan(k * taps, taps));
+                    WriteBit(dst, k, layer.Threshold.IsPositive(k, acc));
+                }
+            }
+        }
+        return output;
+    }
+
+    private static int Dot(ReadOnlySpan<int> a, ReadOnlySpan<int> b)
+    {
+        int sum = 0;
+        for (int i = 0; i < a.Length; i++)
+        {
+            sum += a[i] * b[i];
+        }
+        return sum;
+    }
+}
+
+/// <summary>
+/// A binary conv on packed bits. For each output pixel and filter, each kernel row's kw taps are kw·words
+/// contiguous words of the (padded) input, so one XOR-popcount per kernel row covers them.
+/// </summary>
+internal sealed class BinaryConvStep : PackedStep
+{
+    private readonly ConvLayer layer;
+    private readonly Shape inShape;
+    private readonly Shape outShape;
+    private readonly PopCountKernel kernel;
+    private readonly ulong[] weights; // (K, ky, kx, words)
+    private readonly ulong[] padPixel;
+    private readonly int inWords;
+    private readonly int outWords;
+    private readonly int paddedWidth;
+
+    public BinaryConvStep(ConvLayer layer, Shape inShape, Shape outShape, PopCountKernel kernel)
+    {
+        this.layer = layer;
+        this.inShape = inShape;
+        this.outShape = outShape;
+        this.kernel = kernel;
+        inWords = BitConvention.Words(inShape.Channels);
+        outWords = BitConvention.Words(outShape.Channels);
+        OutputWords = outShape.Height * outShape.Width * outWords;
+        paddedWidth = inShape.Width + (2 * layer.Padding);
+        PaddedWords = layer.Padding > 0 ? (inShape.Height + (2 * layer.Padding)) * paddedWidth * inWords : 0;
+        padPixel = new ulong[inWords];
+        for (int w = 0; w < inWords; w++)
+        {
+            padPixel[w] = BitConvention.PadWord(layer.PadValue, inShape.Channels, w);
+        }
+        weights = PackFilters(layer, inWords);
+    }
+
+    /// <summary>Packs filters into (K, ky, kx, words) order, padding bits 0.</summary>
+    internal static ulong[] PackFilters(ConvLayer layer, int inWords)
+    {
+        int perFilter = layer.KernelH * layer.KernelW * inWords;
+        var packed = new ulong[layer.OutChannels * perFilter];
+        Span<sbyte> channelValues = new sbyte[layer.InChannels];
+        for (int k = 0; k < layer.OutChannels; k++)
+        {
+            for (int ky = 0; ky < layer.KernelH; ky++)
+            {
+                for (int kx = 0; kx < layer.KernelW; kx++)
+                {
+                    for (int c = 0; c < layer.InChannels; c++)
+                    {
+                        channelValues[c] = layer.Weight(k, c, ky, kx);
+                    }
+                    BitConvention.Pack(channelValues, packed.AsSpan((k * perFilter) + (((ky * layer.KernelW) + kx) * inWords), inWords));
+                }
+            }
+        }
+        return packed;
+    }
+
+    public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded)
+    {
+        int p = layer.Padding;
+        ReadOnlySpan<ulong> src = input;
+        int rowWidth = inShape.Width;
+        if (p > 0)
+        {
+            FillPadded(input, padded);
+            src = padded;
+            rowWidth = paddedWidth;
+        }
+        output.AsSpan().Clear();
+        int rowWords = layer.KernelW * inWords;
+        int perFilter = layer.KernelH * rowWords;
+        int n = layer.TapsPerOutput;
+        var threshold = layer.Threshold;
+        for (int oy = 0; oy < outShape.Height; oy++)
+        {
+            for (int ox = 0; ox < outShape.Width; ox++)
+            {
+                var dst = output.AsSpan(((oy * outShape.Width) + ox) * outWords, outWords);
+                int baseIndex = (((oy * layer.Stride) * rowWidth) + (ox * layer.Stride)) * inWords;
+                for (int k = 0; k < layer.OutChannels; k++)
+                {
+                    int pop = 0;
+                    var filter = weights.AsSpan(k * perFilter, perFilter);
+                    for (int ky = 0; ky < layer.KernelH; ky++)
+                    {
+                        pop += XorPopCount.Compute(src.Slice(baseIndex + (ky * rowWidth * inWords), rowWords), filter.Slice(ky * rowWords, rowWords), kernel);
+                    }
+                    WriteBit(dst, k, threshold.IsPositive(k, n - (2 * pop)));
+                }
+            }
+        }
+        return output;
+    }
+
+    private void FillPadded(ReadOnlySpan<ulong> input, Span<ulong> padded)
+    {
+        int p = layer.Padding;
+        int paddedHeight = inShape.Height + (2 * p);
+        for (int y = 0; y < paddedHeight; y++)
+        {
+            for (int x = 0; x < paddedWidth; x++)
+            {
+                var dst = padded.Slice(((y * paddedWidth) + x) * inWords, inWords);
+                int iy = y - p, ix = x - p;
+                if (iy >= 0 && iy < inShape.Height && ix >= 0 && ix < inShape.Width)
+                {
+                    input.Slice(((iy * inShape.Width) + ix) * inWords, inWords).CopyTo(dst);
+                }
+                else
+                {
+                    padPixel.CopyTo(dst);
+                }
+            }
+        }
+    }
+}
+
+/// <summary>Max-pool on packed bits: the AND of the window's words (bit 0 = +1 wins).</summary>
+internal sealed class PoolStep : PackedStep
+{
+    private readonly int size;
+    private readonly Shape inShape;
+    private readonly Shape outShape;
+    private readonly int words;
+
+    public PoolStep(MaxPoolLayer layer, Shape inShape, Shape outShape)
+    {
+        size = layer.Size;
+        this.inShape = inShape;
+        this.outShape = outShape;
+        words = BitConvention.Words(inShape.Channels);
+        OutputWords = outShape.Height * outShape.Width * words;
+    }
+
+    public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded)
+    {
+        for (int oy = 0; oy < outShape.Height; oy++)
+        {
+            for (int ox = 0; ox < outShape.Width; ox++)
+            {
+                var dst = output.AsSpan(((oy * outShape.Width) + ox) * words, words);
+                dst.Fill(ulong.MaxValue);
+                for (int dy = 0; dy < size; dy++)
+                {
+                    for (int dx = 0; dx < size; dx++)
+                    {
+                        var src = input.Slice(((((oy * size) + dy) * inShape.Width) + (ox * size) + dx) * words, words);
+                        for (int w = 0; w < words; w++)
+                        {
+                            dst[w] &= src[w];
+                        }
+                    }
+                }
+            }
+        }
+        return output;
+    }
+}
+
+/// <summary>
+/// A binary dense (or output) layer on the packed activation. Weights are permuted at compile time from PyTorch's
+/// (C, H, W) flattening into the engine's (H, W, words) layout, padding bits 0, so the dot product is one
+/// XOR-popcount over the whole activation.
+/// </summary>
+internal sealed class DenseStep : PackedStep
+{
+    private readonly ulong[] weights;
+    private readonly Threshold? threshold;
+    private readonly int rowWords;
+    private readonly int inFeatures;
+    private readonly int outFeatures;
+    private readonly PopCountKernel kernel;
+
+    public DenseStep(sbyte[] flatWeights, Threshold? threshold, Shape inShape, int outFeatures, PopCountKernel kernel)
+    {
+        this.threshold = threshold;
+        this.outFeatures = outFeatures;
+        this.kernel = kernel;
+        inFeatures = inShape.Size;
+        int words = BitConvention.Words(inShape.Channels);
+        int pixels = inShape.Height * inShape.Width;
+        rowWords = pixels * words;
+        weights = new ulong[outFeatures * rowWords];
+        for (int o = 0; o < outFeatures; o++)
+        {
+            for (int c = 0; c < inShape.Channels; c++)
+            {
+                for (int pixel = 0; pixel < pixels; pixel++)
+                {
+                    int flat = (c * pixels) + pixel;
+                    weights[(o * rowWords) + (pixel * words) + (c >> 6)] |= BitConvention.Bit(flatWeights[(o * inFeatures) + flat]) << (c & 63);
+                }
+            }
+        }
+        OutputWords = BitConvention.Words(outFeatures);
+    }
+
+    public bool IsOutput => threshold is null;
+
+    public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded)
+    {
+        output.AsSpan().Clear();
+        for (int o = 0; o < outFeatures; o++)
+        {
+            int acc = inFeatures - (2 * XorPopCount.Compute(input, weights.AsSpan(o * rowWords, rowWords), kernel));
+            WriteBit(output, o, threshold!.IsPositive(o, acc));
+        }
+        return output;
+    }
+
+    public ReadOnlySpan<ulong> RunScores(ReadOnlySpan<ulong> input, Span<int> scores)
+    {
+        for (int o = 0; o < outFeatures; o++)
+        {
+            scores[o] = inFeatures - (2 * XorPopCount.Compute(input, weights.AsSpan(o * rowWords, rowWords), kernel));
+        }
+        return default;
+    }
+}

@@ -1,0 +1,16 @@
+namespace Bnn.Model;
+
+/// <summary>
+/// How 8-bit pixels enter the first layer. Both the trainer and the engine feed the integer code
+/// <c>2p - 255</c> (odd values in [-255, 255], centred on mid-grey), so the first layer's sums are exact integers in
+/// float32 as well as in int32: |sum| ≤ 255·C·kh·kw, far below 2^24. Batch norm learns the scale.
+/// Zero padding of the first layer therefore means a mid-grey value, and stays exact.
+/// </summary>
+public static class PixelCode
+{
+    /// <summary>Largest absolute code.</summary>
+    public const int MaxAbs = 255;
+
+    /// <summary>The integer code of pixel value <paramref name="p"/>.</summary>
+    public static int Encode(byte p) => (2 * p) - 255;
+}

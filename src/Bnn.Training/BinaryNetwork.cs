@@ -1,0 +1,180 @@
+using Bnn.Model;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Bnn.Training;
+
+/// <summary>
+/// A trainable BNN built from an architecture's <see cref="LayerSpec"/> list. Every stage binarizes its weights with
+/// <see cref="SteSign"/>; conv and hidden dense stages end in batch norm then sign, so that the engine can fold each
+/// into an integer threshold. Pooling follows the sign (max over ±1 is an OR), which keeps pool-then-threshold
+/// ordering questions out of the exported model.
+/// </summary>
+internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
+{
+    private readonly ModuleList<nn.Module<Tensor, Tensor>> stages;
+
+    public BinaryNetwork(IReadOnlyList<LayerSpec> specs, int inChannels = 3, int binaryPadValue = 1)
+        : base(nameof(BinaryNetwork))
+    {
+        Specs = specs;
+        stages = new ModuleList<nn.Module<Tensor, Tensor>>();
+        int channels = inChannels;
+        int features = -1;
+        int side = 32;
+        bool first = true;
+        foreach (var spec in specs)
+        {
+            switch (spec)
+            {
+                case ConvSpec c:
+                    stages.Add(new ConvStage(channels, c, first, binaryPadValue));
+                    channels = c.OutChannels;
+                    side = ((side + (2 * c.Padding) - c.Kernel) / c.Stride) + 1;
+                    first = false;
+                    break;
+                case PoolSpec p:
+                    stages.Add(nn.MaxPool2d(p.Size));
+                    side /= p.Size;
+                    break;
+                case DenseSpec d:
+                    stages.Add(new DenseStage(features < 0 ? channels * side * side : features, d.OutFeatures));
+                    features = d.OutFeatures;
+                    break;
+                case OutputSpec o:
+                    stages.Add(new OutputStage(features < 0 ? channels * side * side : features, o.Classes));
+                    break;
+                default:
+                    throw new ArgumentException($"unsupported layer spec {spec}");
+            }
+        }
+        RegisterComponents();
+    }
+
+    public IReadOnlyList<LayerSpec> Specs { get; }
+
+    public IReadOnlyList<nn.Module<Tensor, Tensor>> Stages => [.. stages];
+
+    public override Tensor forward(Tensor input)
+    {
+        var x = input;
+        foreach (var stage in stages)
+        {
+            x = stage.forward(x);
+        }
+        return x;
+    }
+
+    /// <summary>Keeps latent binary weights in [−1, 1], as BinaryNet does after each update.</summary>
+    public void ClipLatentWeights()
+    {
+        using var _ = no_grad();
+        foreach (var stage in stages)
+        {
+            if (stage is IBinaryWeights b)
+            {
+                b.Weight.clamp_(-1.0, 1.0);
+            }
+        }
+    }
+
+    internal interface IBinaryWeights
+    {
+        Parameter Weight { get; }
+    }
+
+    internal sealed class ConvStage : nn.Module<Tensor, Tensor>, IBinaryWeights
+    {
+        private readonly Parameter weight;
+        private readonly BatchNorm2d bn;
+
+        public ConvStage(int inChannels, ConvSpec spec, bool first, int padValue)
+            : base(nameof(ConvStage))
+        {
+            Spec = spec;
+            IsFirst = first;
+            PadValue = first ? 0 : padValue;
+            weight = nn.Parameter(empty(spec.OutChannels, inChannels, spec.Kernel, spec.Kernel).uniform_(-1.0, 1.0));
+            bn = nn.BatchNorm2d(spec.OutChannels);
+            RegisterComponents();
+        }
+
+        public ConvSpec Spec { get; }
+
+        public bool IsFirst { get; }
+
+        /// <summary>The value the padded border holds: 0 for the first layer (pixel codes), ±1 after it.</summary>
+        public int PadValue { get; }
+
+        public Parameter Weight => weight;
+
+        public BatchNorm2d Norm => bn;
+
+        public override Tensor forward(Tensor x)
+        {
+            var w = SteSign.apply(weight);
+            int p = Spec.Padding;
+            if (p > 0 && PadValue != 0)
+            {
+                x = nn.functional.pad(x, [p, p, p, p], value: PadValue);
+                p = 0;
+            }
+            var y = nn.functional.conv2d(x, w, null, [Spec.Stride, Spec.Stride], [p, p]);
+            return SteSign.apply(bn.forward(y));
+        }
+    }
+
+    internal sealed class DenseStage : nn.Module<Tensor, Tensor>, IBinaryWeights
+    {
+        private readonly Parameter weight;
+        private readonly BatchNorm1d bn;
+
+        public DenseStage(int inFeatures, int outFeatures)
+            : base(nameof(DenseStage))
+        {
+            weight = nn.Parameter(empty(outFeatures, inFeatures).uniform_(-1.0, 1.0));
+            bn = nn.BatchNorm1d(outFeatures);
+            RegisterComponents();
+        }
+
+        public Parameter Weight => weight;
+
+        public BatchNorm1d Norm => bn;
+
+        public override Tensor forward(Tensor x)
+        {
+            // Flattening in (C, H, W) order; the exporter records that order for the engine.
+            var flat = x.dim() > 2 ? x.flatten(1) : x;
+            return SteSign.apply(bn.forward(nn.functional.linear(flat, SteSign.apply(weight))));
+        }
+    }
+
+    internal sealed class OutputStage : nn.Module<Tensor, Tensor>, IBinaryWeights
+    {
+        private readonly Parameter weight;
+        private readonly Parameter logScale;
+
+        public OutputStage(int inFeatures, int classes)
+            : base(nameof(OutputStage))
+        {
+            weight = nn.Parameter(empty(classes, inFeatures).uniform_(-1.0, 1.0));
+            // A positive learned temperature for the loss only: it scales every score alike, so argmax ignores it.
+            logScale = nn.Parameter(tensor(-0.5 * Math.Log(inFeatures), dtype: float32));
+            RegisterComponents();
+        }
+
+        public Parameter Weight => weight;
+
+        public Parameter LogScale => logScale;
+
+        /// <summary>The integer scores (as floats), before the temperature.</summary>
+        public Tensor Scores(Tensor x)
+        {
+            var flat = x.dim() > 2 ? x.flatten(1) : x;
+            return nn.functional.linear(flat, SteSign.apply(weight));
+        }
+
+        public override Tensor forward(Tensor x) => Scores(x) * logScale.exp();
+    }
+}

@@ -1,0 +1,100 @@
+using System.Text;
+using System.Text.Json;
+using Bnn.Data;
+using TorchSharp.Modules;
+
+namespace Bnn.Training;
+
+/// <summary>What a checkpoint says about its run, stored as a JSON header in front of the tensors.</summary>
+internal sealed record CheckpointHeader
+{
+    public int FormatVersion { get; init; } = 1;
+    public required string Arch { get; init; }
+    public required double Width { get; init; }
+    public required string Dataset { get; init; }
+    public required int Classes { get; init; }
+    public required int BinaryPadValue { get; init; }
+    public required int Seed { get; init; }
+    public required int Epochs { get; init; }
+    public required double LearningRate { get; init; }
+    public required int BatchSize { get; init; }
+    public required int ValidationCount { get; init; }
+    /// <summary>Epochs completed so far.</summary>
+    public required int CompletedEpochs { get; init; }
+    public required int BestEpoch { get; init; }
+    public required double BestValidationAccuracy { get; init; }
+    public required IReadOnlyList<EpochRecord> History { get; init; }
+    /// <summary>Whether the optimizer state follows the model (latest checkpoints) or not (best-model snapshots).</summary>
+    public required bool HasOptimizerState { get; init; }
+}
+
+/// <summary>
+/// One-file checkpoints: magic, JSON header, TorchSharp state dict, then (optionally) Adam's state. Writes go to a
+/// temporary file that is renamed over the old one, so a run killed at any moment leaves the previous checkpoint
+/// intact and loses at most the epoch in progress.
+/// </summary>
+internal static class Checkpoint
+{
+    private static readonly byte[] Magic = "BNNCKPT1"u8.ToArray();
+
+    public static void Write(string path, CheckpointHeader header, BinaryNetwork net, Adam? optimizer)
+    {
+        var tmp = path + ".tmp";
+        using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
+        using (var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true))
+        {
+            writer.Write(Magic);
+            var json = JsonSerializer.SerializeToUtf8Bytes(header with { HasOptimizerState = optimizer is not null });
+            writer.Write(json.Length);
+            writer.Write(json);
+            net.save(writer);
+            optimizer?.save_state_dict(writer);
+            writer.Flush();
+            stream.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    public static CheckpointHeader ReadHeader(string path)
+    {
+        using var stream = File.OpenRead(path);
+        using var reader = new BinaryReader(stream);
+        return ReadHeader(reader, path);
+    }
+
+    /// <summary>Loads weights (and optimizer state, when both exist) into objects built from the header.</summary>
+    public static void ReadState(string path, BinaryNetwork net, Adam? optimizer)
+    {
+        using var stream = File.OpenRead(path);
+        using var reader = new BinaryReader(stream);
+        var header = ReadHeader(reader, path);
+        net.load(reader);
+        if (optimizer is not null && header.HasOptimizerState)
+        {
+            optimizer.load_state_dict(reader);
+        }
+    }
+
+    private static CheckpointHeader ReadHeader(BinaryReader reader, string path)
+    {
+        try
+        {
+            var magic = reader.ReadBytes(Magic.Length);
+            if (!magic.AsSpan().SequenceEqual(Magic))
+            {
+                throw new BnnDataException($"{path}: not a bnn training checkpoint (bad magic)");
+            }
+            int length = reader.ReadInt32();
+            if (length <= 0 || length > 16 << 20)
+            {
+                throw new BnnDataException($"{path}: checkpoint header length {length} is invalid");
+            }
+            return JsonSerializer.Deserialize<CheckpointHeader>(reader.ReadBytes(length))
+                ?? throw new BnnDataException($"{path}: empty checkpoint header");
+        }
+        catch (Exception e) when (e is EndOfStreamException or JsonException)
+        {
+            throw new BnnDataException($"{path}: truncated or corrupt checkpoint ({e.Message})", e);
+        }
+    }
+}

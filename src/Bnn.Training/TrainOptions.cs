@@ -1,0 +1,58 @@
+namespace Bnn.Training;
+
+/// <summary>What <c>bnn train</c> was asked to do.</summary>
+public sealed record TrainOptions
+{
+    /// <summary>Architecture name, see <see cref="Bnn.Model.Architectures"/>.</summary>
+    public required string Arch { get; init; }
+
+    /// <summary>Channel-count multiplier.</summary>
+    public double Width { get; init; } = 1.0;
+
+    /// <summary>Dataset name.</summary>
+    public required string Dataset { get; init; }
+
+    /// <summary>Directory holding the dataset files.</summary>
+    public required string DataDir { get; init; }
+
+    /// <summary>Total epochs of the run (the learning-rate schedule spans these).</summary>
+    public required int Epochs { get; init; }
+
+    /// <summary>Where the finished model file goes; checkpoints and the CSV log sit beside it.</summary>
+    public required string Out { get; init; }
+
+    /// <summary>A checkpoint to continue from.</summary>
+    public string? Resume { get; init; }
+
+    /// <summary>Seed for initialization, shuffling and augmentation.</summary>
+    public int Seed { get; init; } = 1;
+
+    /// <summary>libtorch intra-op threads (0 keeps its default).</summary>
+    public int Threads { get; init; }
+
+    /// <summary>Mini-batch size.</summary>
+    public int BatchSize { get; init; } = 100;
+
+    /// <summary>Initial Adam learning rate; cosine-annealed to zero over <see cref="Epochs"/>.</summary>
+    public double LearningRate { get; init; } = 2e-3;
+
+    /// <summary>The last this-many training records are held out for validation.</summary>
+    public int ValidationCount { get; init; } = 5000;
+
+    /// <summary>Use only the first this-many training records (smoke tests); null for all.</summary>
+    public int? TrainLimit { get; init; }
+
+    /// <summary>Stop each epoch after this many batches (smoke tests); null for all.</summary>
+    public int? MaxBatchesPerEpoch { get; init; }
+
+    /// <summary>Whether to augment (random 4-pixel-padded crop and horizontal flip); on for CIFAR-10 only.</summary>
+    public bool Augment => Dataset == "cifar10";
+}
+
+/// <summary>Per-epoch figures, as logged to the CSV and stored in checkpoints.</summary>
+public sealed record EpochRecord(
+    int Epoch, double TrainLoss, double TrainAccuracy, double ValidationLoss, double ValidationAccuracy,
+    double LearningRate, double EpochSeconds, double WallSeconds, double PeakRssMb);
+
+/// <summary>A progress report during an epoch.</summary>
+public sealed record TrainProgress(int Epoch, int Epochs, int Batch, int Batches, double Loss, double Accuracy, TimeSpan Eta);

@@ -1,0 +1,272 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using Bnn.Data;
+using Bnn.Model;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Bnn.Training;
+
+/// <summary>The outcome of a training run.</summary>
+public sealed record TrainResult(string CheckpointPath, string BestCheckpointPath, string LogPath, IReadOnlyList<EpochRecord> History, int BestEpoch);
+
+/// <summary>
+/// BinaryNet-style training: sign activations and weights with straight-through gradients, latent weights clipped to
+/// [−1, 1], batch norm after every binary layer, Adam with cosine learning-rate annealing, cross-entropy loss on the
+/// integer scores times a learned temperature. Cross-entropy rather than BinaryNet's squared hinge because it trains
+/// faster with Adam and is what later BNN work (XNOR-Net, Bi-Real, Brevitas' CNV) uses.
+/// </summary>
+public static class Trainer
+{
+    private const int GcEverySteps = 50;
+    private const int EvalBatch = 500;
+
+    /// <summary>Paths of the latest and best checkpoints and the CSV log for a model output path.</summary>
+    public static (string Latest, string Best, string Log) CompanionPaths(string modelPath)
+    {
+        var stem = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath)) ?? ".", Path.GetFileNameWithoutExtension(modelPath));
+        return (stem + ".ckpt", stem + ".best.ckpt", stem + ".train.csv");
+    }
+
+    /// <summary>Runs (or resumes) training, checkpointing after every epoch.</summary>
+    public static TrainResult Train(TrainOptions options, IProgress<TrainProgress>? progress = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Epochs < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), "epochs must be ≥ 0");
+        }
+        if (options.Threads > 0)
+        {
+            torch.set_num_threads(options.Threads);
+        }
+        var (latestPath, bestPath, logPath) = CompanionPaths(options.Out);
+        Directory.CreateDirectory(Path.GetDirectoryName(latestPath)!);
+
+        CheckpointHeader? resumed = options.Resume is null ? null : Checkpoint.ReadHeader(options.Resume);
+        var arch = resumed?.Arch ?? options.Arch;
+        var width = resumed?.Width ?? options.Width;
+        int seed = resumed?.Seed ?? options.Seed;
+        // On resume, --epochs sets the new total; the cosine schedule is recomputed for it from the next epoch on.
+        int epochs = options.Epochs;
+        double lr0 = resumed?.LearningRate ?? options.LearningRate;
+        int batchSize = resumed?.BatchSize ?? options.BatchSize;
+
+        var all = Datasets.Load(options.Dataset, options.DataDir, "train");
+        if (options.TrainLimit is int limit)
+        {
+            all = all.Take(limit);
+        }
+        int valCount = Math.Min(resumed?.ValidationCount ?? options.ValidationCount, all.Count / 5);
+        var train = all.Slice(0, all.Count - valCount);
+        var validation = all.Slice(all.Count - valCount, valCount);
+
+        torch.manual_seed(seed);
+        using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes));
+        var optimizer = optim.Adam(net.parameters(), lr0);
+        if (resumed is not null)
+        {
+            Checkpoint.ReadState(options.Resume!, net, optimizer);
+        }
+
+        var history = new List<EpochRecord>(resumed?.History ?? []);
+        int bestEpoch = resumed?.BestEpoch ?? -1;
+        double bestAccuracy = resumed?.BestValidationAccuracy ?? double.NegativeInfinity;
+        double wallBefore = history.Count > 0 ? history[^1].WallSeconds : 0;
+        var wall = Stopwatch.StartNew();
+        int batches = train.Count / batchSize;
+        if (options.MaxBatchesPerEpoch is int cap)
+        {
+            batches = Math.Min(batches, cap);
+        }
+        if (batches == 0)
+        {
+            throw new BnnDataException($"{options.DataDir}: {train.Count} training records are fewer than one batch of {batchSize}");
+        }
+
+        for (int epoch = resumed?.CompletedEpochs ?? 0; epoch < epochs; epoch++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var epochClock = Stopwatch.StartNew();
+            double lr = 0.5 * lr0 * (1 + Math.Cos(Math.PI * epoch / epochs));
+            foreach (var group in optimizer.ParamGroups)
+            {
+                group.LearningRate = lr;
+            }
+            var rng = new Random(HashCode.Combine(seed, epoch));
+            var order = Enumerable.Range(0, train.Count).ToArray();
+            rng.Shuffle(order);
+            var input = new float[batchSize * train.ImageSize];
+            var labels = new long[batchSize];
+            double lossSum = 0;
+            long correct = 0;
+            net.train();
+            for (int b = 0; b < batches; b++)
+            {
+                using var scope = torch.NewDisposeScope();
+                FillBatch(train, order.AsSpan(b * batchSize, batchSize), options.Augment ? rng : null, input, labels);
+                using var x = tensor(input, [batchSize, train.Channels, train.Height, train.Width]);
+                using var y = tensor(labels);
+                var logits = net.forward(x);
+                var loss = nn.functional.cross_entropy(logits, y);
+                optimizer.zero_grad();
+                loss.backward();
+                optimizer.step();
+                net.ClipLatentWeights();
+                lossSum += loss.item<float>();
+                correct += logits.argmax(1).eq(y).sum().item<long>();
+                if (b % GcEverySteps == GcEverySteps - 1)
+                {
+                    // Tensors left to finalizers keep native memory alive; an explicit collection keeps RSS flat.
+                    GC.Collect();
+                }
+                if (progress is not null)
+                {
+                    double done = (b + 1.0) / batches;
+                    var eta = TimeSpan.FromSeconds(epochClock.Elapsed.TotalSeconds / done * (1 - done + (epochs - epoch - 1)));
+                    progress.Report(new TrainProgress(epoch + 1, epochs, b + 1, batches, lossSum / (b + 1), (double)correct / ((b + 1) * batchSize), eta));
+                }
+            }
+            var (valLoss, valAccuracy) = Evaluate(net, validation);
+            var record = new EpochRecord(
+                epoch + 1, lossSum / batches, (double)correct / (batches * batchSize), valLoss, valAccuracy, lr,
+                epochClock.Elapsed.TotalSeconds, wallBefore + wall.Elapsed.TotalSeconds,
+                Process.GetCurrentProcess().PeakWorkingSet64 / (1024.0 * 1024.0));
+            history.Add(record);
+            var header = new CheckpointHeader
+            {
+                Arch = arch, Width = width, Dataset = options.Dataset, Classes = all.Classes, BinaryPadValue = 1,
+                Seed = seed, Epochs = epochs, LearningRate = lr0, BatchSize = batchSize, ValidationCount = valCount,
+                CompletedEpochs = epoch + 1, BestEpoch = bestEpoch, BestValidationAccuracy = bestAccuracy,
+                History = history, HasOptimizerState = true,
+            };
+            if (valAccuracy > bestAccuracy)
+            {
+                bestAccuracy = valAccuracy;
+                bestEpoch = epoch + 1;
+                header = header with { BestEpoch = bestEpoch, BestValidationAccuracy = bestAccuracy };
+                Checkpoint.Write(bestPath, header, net, null);
+            }
+            Checkpoint.Write(latestPath, header, net, optimizer);
+            WriteLog(logPath, history);
+        }
+        if (bestEpoch > 0)
+        {
+            // Model selection on the validation split: the exported model is the best epoch's, not the last one's.
+            ModelFile.Save(Exporter.FromCheckpoint(bestPath), options.Out);
+        }
+        return new TrainResult(latestPath, bestPath, logPath, history, bestEpoch);
+    }
+
+    /// <summary>
+    /// Predictions of the network's eval-mode forward in <paramref name="dtype"/> (float32 as trained, or float64
+    /// where batch norm's arithmetic is exact enough to compare with the folded integer thresholds).
+    /// </summary>
+    internal static int[] Predict(BinaryNetwork net, ImageSet set, ScalarType dtype)
+    {
+        net.eval();
+        net.to(dtype);
+        try
+        {
+            using var _ = no_grad();
+            var predictions = new int[set.Count];
+            for (int start = 0; start < set.Count; start += EvalBatch)
+            {
+                using var scope = torch.NewDisposeScope();
+                int n = Math.Min(EvalBatch, set.Count - start);
+                var input = new float[n * set.ImageSize];
+                FillBatch(set, Enumerable.Range(start, n).ToArray(), null, input, new long[n]);
+                var x = tensor(input, [n, set.Channels, set.Height, set.Width]).to(dtype);
+                var p = net.forward(x).argmax(1).data<long>().ToArray();
+                for (int i = 0; i < n; i++)
+                {
+                    predictions[start + i] = (int)p[i];
+                }
+            }
+            return predictions;
+        }
+        finally
+        {
+            net.to(float32);
+        }
+    }
+
+    /// <summary>Mean cross-entropy and accuracy in eval mode (batch-norm running statistics).</summary>
+    internal static (double Loss, double Accuracy) Evaluate(BinaryNetwork net, ImageSet set)
+    {
+        if (set.Count == 0)
+        {
+            return (double.NaN, double.NaN);
+        }
+        net.eval();
+        using var _ = no_grad();
+        double lossSum = 0;
+        long correct = 0;
+        for (int start = 0; start < set.Count; start += EvalBatch)
+        {
+            using var scope = torch.NewDisposeScope();
+            int n = Math.Min(EvalBatch, set.Count - start);
+            var input = new float[n * set.ImageSize];
+            var labels = new long[n];
+            FillBatch(set, Enumerable.Range(start, n).ToArray(), null, input, labels);
+            var x = tensor(input, [n, set.Channels, set.Height, set.Width]);
+            var y = tensor(labels);
+            var logits = net.forward(x);
+            lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
+            correct += logits.argmax(1).eq(y).sum().item<long>();
+        }
+        return (lossSum / set.Count, (double)correct / set.Count);
+    }
+
+    /// <summary>
+    /// Writes pixel codes (<see cref="PixelCode"/>) for the chosen images. With a random source it applies the
+    /// standard CIFAR augmentation: a 32x32 crop of the image padded by 4 (padding holds code 0, mid-grey) and a
+    /// horizontal flip with probability ½.
+    /// </summary>
+    internal static void FillBatch(ImageSet set, ReadOnlySpan<int> indices, Random? augment, float[] input, long[] labels)
+    {
+        int c = set.Channels, h = set.Height, w = set.Width;
+        for (int i = 0; i < indices.Length; i++)
+        {
+            var image = set.Image(indices[i]);
+            labels[i] = set.Labels[indices[i]];
+            int dy = 0, dx = 0;
+            bool flip = false;
+            if (augment is not null)
+            {
+                dy = augment.Next(-4, 5);
+                dx = augment.Next(-4, 5);
+                flip = augment.Next(2) == 1;
+            }
+            var dst = input.AsSpan(i * set.ImageSize, set.ImageSize);
+            for (int ch = 0; ch < c; ch++)
+            {
+                for (int y = 0; y < h; y++)
+                {
+                    int sy = y + dy;
+                    for (int x = 0; x < w; x++)
+                    {
+                        int sx = (flip ? w - 1 - x : x) + dx;
+                        dst[(ch * h * w) + (y * w) + x] = sy < 0 || sy >= h || sx < 0 || sx >= w
+                            ? 0f
+                            : PixelCode.Encode(image[(ch * h * w) + (sy * w) + sx]);
+                    }
+                }
+            }
+        }
+    }
+
+    private static void WriteLog(string path, IReadOnlyList<EpochRecord> history)
+    {
+        var sb = new StringBuilder("epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,learning_rate,epoch_seconds,wall_seconds,peak_rss_mb\n");
+        foreach (var r in history)
+        {
+            sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"{r.Epoch},{r.TrainLoss:F5},{r.TrainAccuracy:F5},{r.ValidationLoss:F5},{r.ValidationAccuracy:F5},{r.LearningRate:G6},{r.EpochSeconds:F1},{r.WallSeconds:F1},{r.PeakRssMb:F0}"));
+        }
+        File.WriteAllText(path + ".tmp", sb.ToString());
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+}
