@@ -40,6 +40,7 @@ public static class BnnApp
         EvalCommand.Create(io),
         InfoCommand.Create(io),
         RandomModelCommand.Create(io),
+        DownloadCommand.Create(io),
     ];
 
     /// <summary>Wraps a command body with the exit-code policy: clear one-line errors, no stack traces.</summary>

@@ -15,14 +15,14 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
 {
     private readonly ModuleList<nn.Module<Tensor, Tensor>> stages;
 
-    public BinaryNetwork(IReadOnlyList<LayerSpec> specs, int inChannels = 3, int binaryPadValue = 1)
+    public BinaryNetwork(IReadOnlyList<LayerSpec> specs, int inChannels = 3, int binaryPadValue = 1, int inputSize = 32)
         : base(nameof(BinaryNetwork))
     {
         Specs = specs;
         stages = new ModuleList<nn.Module<Tensor, Tensor>>();
         int channels = inChannels;
         int features = -1;
-        int side = 32;
+        int side = inputSize;
         bool first = true;
         foreach (var spec in specs)
         {

@@ -98,7 +98,8 @@ internal static class TrainCommand
 }
 
 /// <summary>Reports on the calling thread (System.Progress would post to the thread pool and reorder lines).</summary>
-internal sealed class ActionProgress<T>(Action<T> report) : IProgress<T>
+/// <typeparam name="T">The progress value.</typeparam>
+public sealed class ActionProgress<T>(Action<T> report) : IProgress<T>
 {
     public void Report(T value) => report(value);
 }

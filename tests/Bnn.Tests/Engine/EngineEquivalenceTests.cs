@@ -98,7 +98,7 @@ public sealed class EngineEquivalenceTests
         Assert.Equal(first.Scores, second.Scores);
     }
 
-    private static void AssertMatches(IEngine engine, Data.ImageSet images)
+    private static void AssertMatches(IEngine engine, Bnn.Data.ImageSet images)
     {
         var reference = new ReferenceEngine(engine.Model).Run(images);
         var actual = engine.Run(images);

@@ -1,0 +1,111 @@
+using System.Text.Json;
+using Bnn.Engine;
+using Bnn.Model;
+
+namespace Bnn.Tests.Cli;
+
+public sealed class EvalAndInfoTests
+{
+    [Fact]
+    public void Eval_GeneratedCifar_WritesJsonWithPredictionsMatchingTheEngine()
+    {
+        // Given a random CNV-shaped model and a small CIFAR-10 directory
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, perBatch: 20, seed: 3);
+        var model = RandomModels.Create(Architectures.Build("cnv", 0.125), new Shape(3, 32, 32), seed: 8);
+        ModelFile.Save(model, dir.File("m.bnn"));
+
+        // When evaluating through the CLI
+        var (code, output, err) = CliRunner.Run("eval", "--model", dir.File("m.bnn"), "--data", dir.Path, "--json", dir.File("r.json"), "--threads", "2");
+
+        // Then it succeeds and the JSON agrees with a direct engine run
+        Assert.True(code == 0, err);
+        Assert.Contains("accuracy", output);
+        using var json = JsonDocument.Parse(File.ReadAllText(dir.File("r.json")));
+        var root = json.RootElement;
+        foreach (var field in new[] { "model", "dataset", "split", "images", "correct", "accuracy", "images_per_second", "engine", "predictions" })
+        {
+            Assert.True(root.TryGetProperty(field, out _), field);
+        }
+        var test = TestData.RandomImages(20, 3);
+        var expected = new PackedEngine(model).Run(test).Predictions;
+        Assert.Equal(expected, root.GetProperty("predictions").EnumerateArray().Select(p => p.GetInt32()).ToArray());
+        Assert.Equal(expected.Where((p, i) => p == test.Labels[i]).Count(), root.GetProperty("correct").GetInt32());
+        Assert.Equal("test", root.GetProperty("split").GetString());
+    }
+
+    [Fact]
+    public void Eval_ReferenceEngineAndFileOption_AgreeWithFast()
+    {
+        using var dir = new TempDirectory();
+        var images = TestData.RandomImages(6, 4);
+        File.WriteAllBytes(dir.File("lossless_test_0-5.bin.gz"), TestData.Gzip(TestData.CifarRecords(images)));
+        ModelFile.Save(TestData.SmallModel(2), dir.File("m.bnn"));
+        var fast = CliRunner.Run("eval", "--model", dir.File("m.bnn"), "--data", dir.Path, "--file", "lossless_test_0-5.bin.gz", "--json", dir.File("f.json"));
+        var reference = CliRunner.Run("eval", "--model", dir.File("m.bnn"), "--data", dir.Path, "--file", "lossless_test_0-5.bin.gz", "--engine", "reference", "--json", dir.File("r.json"));
+        Assert.Equal(0, fast.Code);
+        Assert.Equal(0, reference.Code);
+        static int[] Predictions(string path) =>
+            JsonDocument.Parse(File.ReadAllText(path)).RootElement.GetProperty("predictions").EnumerateArray().Select(p => p.GetInt32()).ToArray();
+        Assert.Equal(Predictions(dir.File("f.json")), Predictions(dir.File("r.json")));
+        Assert.Equal(6, Predictions(dir.File("f.json")).Length);
+    }
+
+    [Fact]
+    public void Info_SmallModel_MatchesSnapshot()
+    {
+        using var dir = new TempDirectory();
+        ModelFile.Save(RandomModels.Create(Architectures.Build("cnv"), new Shape(3, 32, 32), seed: 1), dir.File("cnv.bnn"));
+        var (code, output, _) = CliRunner.Run("info", "--model", dir.File("cnv.bnn"), "--json", dir.File("i.json"));
+        Assert.Equal(0, code);
+        Snapshot.Match(output, "info_cnv");
+        using var json = JsonDocument.Parse(File.ReadAllText(dir.File("i.json")));
+        // K·C·kh·kw·Ho·Wo for the second CNV conv: 64·64·9·28·28.
+        Assert.Equal(64L * 64 * 9 * 28 * 28, json.RootElement.GetProperty("layers")[1].GetProperty("tap_ops").GetInt64());
+    }
+
+    [Fact]
+    public void Eval_BadModel_ExitsWith2AndNoStackTrace()
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, perBatch: 2, seed: 1);
+        File.WriteAllText(dir.File("bad.bnn"), "this is not a model");
+        var (code, _, err) = CliRunner.Run("eval", "--model", dir.File("bad.bnn"), "--data", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Contains("bad.bnn", err);
+        Assert.DoesNotContain("   at ", err);
+    }
+
+    [Fact]
+    public void Eval_TruncatedData_ExitsWith2NamingTheRecord()
+    {
+        using var dir = new TempDirectory();
+        ModelFile.Save(TestData.SmallModel(2), dir.File("m.bnn"));
+        File.WriteAllBytes(dir.File("test_batch.bin"), TestData.CifarRecords(TestData.RandomImages(2, 1))[..5000]);
+        var (code, _, err) = CliRunner.Run("eval", "--model", dir.File("m.bnn"), "--data", dir.Path);
+        Assert.Equal(2, code);
+        Assert.Contains("test_batch.bin: truncated record 1", err);
+    }
+
+    [Fact]
+    public void Eval_MissingRequiredOption_ExitsWith1()
+    {
+        var (code, _, err) = CliRunner.Run("eval", "--data", "x");
+        Assert.Equal(1, code);
+        Assert.Contains("--model", err);
+    }
+
+    [Theory]
+    [InlineData("eval")]
+    [InlineData("info")]
+    [InlineData("train")]
+    [InlineData("download")]
+    [InlineData("random-model")]
+    public void Help_EveryCommand_PrintsUsage(string command)
+    {
+        var (code, output, _) = CliRunner.Run(command, "--help");
+        Assert.Equal(0, code);
+        Assert.Contains("Usage:", output);
+        Assert.Contains(command, output);
+    }
+}

@@ -1,0 +1,121 @@
+using Bnn.Data;
+using Bnn.Engine;
+using Bnn.Engine.Reference;
+using Bnn.Model;
+using Bnn.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Bnn.Tests.Training;
+
+/// <summary>
+/// The trainer's building blocks against their definitions, and the end-to-end promise: the engine reproduces the
+/// trained network's eval-mode predictions exactly. Smoke-sized: a few batches on generated data.
+/// </summary>
+[Collection("torch")]
+public sealed class TrainingTests
+{
+    [Fact]
+    public void SteSign_Forward_IsSignWithZeroPositive_AndGradientIsClippedIdentity()
+    {
+        using var scope = NewDisposeScope();
+        var x = tensor(new float[] { -2f, -1f, -0.5f, 0f, 0.5f, 1f, 1.5f }, requires_grad: true);
+        var y = SteSign.apply(x);
+        Assert.Equal(new float[] { -1, -1, -1, 1, 1, 1, 1 }, y.data<float>().ToArray());
+        (y * tensor(new float[] { 1, 2, 3, 4, 5, 6, 7 })).sum().backward();
+        Assert.Equal(new float[] { 0, 2, 3, 4, 5, 6, 0 }, x.grad!.data<float>().ToArray());
+    }
+
+    [Theory]
+    [InlineData(0, 1)]
+    [InlineData(1, 1)]
+    [InlineData(1, -1)]
+    public void ConvStage_EqualsFloatConvOnSignedWeightsAndPaddedInput_AndTheEngine(int padding, int padValue)
+    {
+        // Given a binary conv stage (not the first layer) with ±1 padding
+        using var scope = NewDisposeScope();
+        manual_seed(3);
+        var specs = new LayerSpec[] { new ConvSpec(6, 3, 1, 0), new ConvSpec(5, 3, 1, padding), new OutputSpec(4) };
+        using var net = new BinaryNetwork(specs, inChannels: 2, binaryPadValue: padValue, inputSize: 9);
+        net.eval();
+        var stage = (BinaryNetwork.ConvStage)net.Stages[1];
+        var x = randint(0, 2, [3, 6, 7, 7]).to_type(float32) * 2 - 1;
+
+        // When it runs, then it equals conv2d(pad(x, padValue), sign(w)) → batch norm → sign
+        var expectedPre = nn.functional.conv2d(nn.functional.pad(x, [padding, padding, padding, padding], value: padValue), SteSign.Binarize(stage.Weight), null, [1, 1], [0, 0]);
+        var expected = SteSign.Binarize(stage.Norm.forward(expectedPre));
+        Assert.True(stage.forward(x).eq(expected).all().item<bool>());
+
+        // And the engine agrees with the whole network's eval forward (random BN statistics, so thresholds vary)
+        using (no_grad())
+        {
+            stage.Norm.running_mean!.uniform_(-5, 5);
+            stage.Norm.running_var!.uniform_(1, 20);
+            stage.Norm.weight!.uniform_(-1, 1);
+        }
+        var model = Exporter.ToModel(net, "test", inChannels: 2, height: 9, width: 9);
+        var images = TestData.RandomImages(50, 5, channels: 2, height: 9, width: 9, classes: 4);
+        AssertEngineMatchesTorch(net, model, images);
+    }
+
+    [Fact]
+    public void TrainSmoke_CnvAndResume_ExportsAModelTheEngineReproducesExactly()
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, perBatch: 100, seed: 21, learnable: true);
+        var options = new TrainOptions
+        {
+            Arch = "cnv", Width = 0.125, Dataset = "cifar10", DataDir = dir.Path, Epochs = 1,
+            Out = dir.File("m.bnn"), Seed = 5, BatchSize = 20, MaxBatchesPerEpoch = 6, ValidationCount = 100,
+        };
+
+        // When training one epoch, then resuming to two
+        var first = Trainer.Train(options);
+        var second = Trainer.Train(options with { Epochs = 2, Resume = first.CheckpointPath });
+
+        // Then the run has two logged epochs, and the exported model reproduces torch's eval forward
+        Assert.Equal(2, second.History.Count);
+        Assert.Equal(3, File.ReadAllLines(second.LogPath).Length);
+        var model = ModelFile.Load(dir.File("m.bnn"));
+        using var net = Exporter.LoadNetwork(second.BestCheckpointPath);
+        var test = Datasets.Load("cifar10", dir.Path, "test");
+        AssertEngineMatchesTorch(net, model, test);
+    }
+
+    [Fact]
+    public void TrainSmoke_PaddedVgg_EngineReproducesTorchIncludingPadding()
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, perBatch: 60, seed: 31, learnable: true);
+        var options = new TrainOptions
+        {
+            Arch = "binarynet-vgg", Width = 1.0 / 16, Dataset = "cifar10", DataDir = dir.Path, Epochs = 1,
+            Out = dir.File("vgg.bnn"), Seed = 2, BatchSize = 20, MaxBatchesPerEpoch = 4, ValidationCount = 60,
+        };
+        var result = Trainer.Train(options);
+        var model = ModelFile.Load(dir.File("vgg.bnn"));
+        Assert.Contains(model.ConvLayers, c => c.Layer.Padding == 1 && c.Layer.PadValue == 1);
+        using var net = Exporter.LoadNetwork(result.BestCheckpointPath);
+        AssertEngineMatchesTorch(net, model, Datasets.Load("cifar10", dir.Path, "test"));
+    }
+
+    [Fact]
+    public void Resume_MissingCheckpointMagic_IsAClearError()
+    {
+        using var dir = new TempDirectory();
+        File.WriteAllText(dir.File("x.ckpt"), "nope");
+        var e = Assert.Throws<BnnDataException>(() => Checkpoint.ReadHeader(dir.File("x.ckpt")));
+        Assert.Contains("x.ckpt", e.Message);
+    }
+
+    private static void AssertEngineMatchesTorch(BinaryNetwork net, BnnModel model, ImageSet images)
+    {
+        var torch64 = Trainer.Predict(net, images, ScalarType.Float64);
+        var torch32 = Trainer.Predict(net, images, ScalarType.Float32);
+        var engine = new PackedEngine(model).Run(images).Predictions;
+        var reference = new ReferenceEngine(model).Run(images.Take(10)).Predictions;
+        Assert.Equal(torch64, engine);
+        Assert.Equal(torch32, engine);
+        Assert.Equal(engine[..reference.Length], reference);
+    }
+}
