@@ -50,3 +50,31 @@ public static class CostModel
         _ => 0,
     };
 }
+
+/// <summary>The cost of one conv layer under a plan, in the units of <see cref="CostModel"/>.</summary>
+/// <param name="TapOps">Tap ops: Σ over 2-D results of (n if from scratch, else d) · Ho·Wo.</param>
+/// <param name="Conv2d">"2-D convolutions": results from scratch count 1, derivations count d/n, reuses 0.</param>
+public readonly record struct PlanCost(long TapOps, double Conv2d)
+{
+    /// <summary>The cost of <paramref name="plan"/> on a layer with output <paramref name="output"/>.</summary>
+    public static PlanCost Of(Sharing.LayerPlan plan, Shape output)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        long perPosition = 0;
+        double conv2d = 0;
+        for (int i = 0; i < plan.Nodes.Count; i++)
+        {
+            int cost = plan.NodeCost(i);
+            perPosition += cost;
+            conv2d += plan.Nodes[i].IsRoot ? 1.0 : (double)cost / plan.Taps;
+        }
+        return new PlanCost(perPosition * output.Height * output.Width, conv2d);
+    }
+
+    /// <summary>The dense baseline: every filter from scratch.</summary>
+    public static PlanCost Baseline(ConvLayer layer, Shape output)
+    {
+        ArgumentNullException.ThrowIfNull(layer);
+        return new PlanCost(CostModel.ConvBaselineTapOps(layer, output), (double)layer.OutChannels * layer.InChannels);
+    }
+}

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using Bnn.Sharing;
 
 namespace Bnn.Model;
 
@@ -42,6 +43,10 @@ internal static class ArchitectureJson
                         w.WriteNumber("bn_epsilon", c.Norm.Epsilon);
                         tensors.Add(SafeTensors.PackSigns(prefix + "weight", c.Weights, c.OutChannels));
                         AddNorm(tensors, prefix, c.Norm);
+                        if (model.Plans.TryGetValue(i, out var plan))
+                        {
+                            WritePlan(w, tensors, prefix, plan);
+                        }
                         break;
                     case MaxPoolLayer p:
                         w.WriteNumber("size", p.Size);
@@ -80,11 +85,16 @@ internal static class ArchitectureJson
         }
         var shape = new Shape(input.GetProperty("channels").GetInt32(), input.GetProperty("height").GetInt32(), input.GetProperty("width").GetInt32());
         var layers = new List<Layer>();
+        var plans = new Dictionary<int, LayerPlan>();
         int i = 0;
         foreach (var l in root.GetProperty("layers").EnumerateArray())
         {
             string prefix = $"layers.{i}.";
             var type = l.GetProperty("type").GetString();
+            if (type == "conv" && l.TryGetProperty("plan", out var planJson))
+            {
+                plans[i] = ReadPlan(planJson, l, file, prefix, source);
+            }
             Layer layer = type switch
             {
                 "conv" => Conv(l, file, prefix, source),
@@ -96,7 +106,37 @@ internal static class ArchitectureJson
             layers.Add(layer);
             i++;
         }
-        return new BnnModel(shape, layers, source);
+        return new BnnModel(shape, layers, source, plans);
+    }
+
+    // A plan is stored as two I32 tensors: plan.nodes [N, 3] = (channel, code, parent or -1) and plan.assign [K*C] =
+    // node*2 + (1 if the filter is the node's complement). The loader checks it reproduces the weights exactly.
+    private static void WritePlan(Utf8JsonWriter w, List<SafeTensors.Entry> tensors, string prefix, LayerPlan plan)
+    {
+        w.WriteStartObject("plan");
+        w.WriteString("mode", plan.Mode);
+        w.WriteNumber("nodes", plan.Nodes.Count);
+        w.WriteEndObject();
+        var nodes = plan.Nodes.SelectMany(n => new[] { n.Channel, n.Code, n.Parent }).ToArray();
+        tensors.Add(SafeTensors.I32(prefix + "plan.nodes", nodes, plan.Nodes.Count, 3));
+        var assign = plan.Assignment.Select((node, f) => (node * 2) + (plan.Signs[f] < 0 ? 1 : 0)).ToArray();
+        tensors.Add(SafeTensors.I32(prefix + "plan.assign", assign, assign.Length));
+    }
+
+    private static LayerPlan ReadPlan(JsonElement planJson, JsonElement layer, SafeTensors.File file, string prefix, string source)
+    {
+        int count = planJson.GetProperty("nodes").GetInt32();
+        if (count < 0 || count > (1 << 24))
+        {
+            throw new Data.BnnDataException($"{source}: {prefix}plan has an invalid node count");
+        }
+        var kernel = layer.GetProperty("kernel").EnumerateArray().Select(v => v.GetInt32()).ToArray();
+        long filters = (long)layer.GetProperty("out_channels").GetInt32() * layer.GetProperty("in_channels").GetInt32();
+        var raw = SafeTensors.ToI32(file.Get(prefix + "plan.nodes", "I32", count, 3));
+        var nodes = Enumerable.Range(0, count).Select(j => new PlanNode(raw[j * 3], raw[(j * 3) + 1], raw[(j * 3) + 2])).ToArray();
+        var assign = SafeTensors.ToI32(file.Get(prefix + "plan.assign", "I32", filters));
+        return new LayerPlan(planJson.GetProperty("mode").GetString() ?? "", kernel[0] * kernel[1], nodes,
+            assign.Select(a => a >> 1).ToArray(), assign.Select(a => (sbyte)((a & 1) == 1 ? -1 : 1)).ToArray());
     }
 
     private static ConvLayer Conv(JsonElement l, SafeTensors.File file, string prefix, string source)

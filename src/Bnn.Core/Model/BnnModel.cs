@@ -1,4 +1,5 @@
 using Bnn.Data;
+using Bnn.Sharing;
 
 namespace Bnn.Model;
 
@@ -20,7 +21,7 @@ public readonly record struct Shape(int Channels, int Height, int Width)
 public sealed class BnnModel
 {
     /// <summary>Builds and validates a model; throws <see cref="BnnDataException"/> naming <paramref name="source"/>.</summary>
-    public BnnModel(Shape input, IReadOnlyList<Layer> layers, string source = "model")
+    public BnnModel(Shape input, IReadOnlyList<Layer> layers, string source = "model", IReadOnlyDictionary<int, LayerPlan>? plans = null)
     {
         ArgumentNullException.ThrowIfNull(layers);
         Input = input;
@@ -28,8 +29,27 @@ public sealed class BnnModel
         Source = source;
         InputShapes = new Shape[layers.Count];
         OutputShapes = new Shape[layers.Count];
+        Plans = plans ?? new Dictionary<int, LayerPlan>();
         Validate();
+        foreach (var (index, plan) in Plans)
+        {
+            if (index < 0 || index >= layers.Count || layers[index] is not ConvLayer conv)
+            {
+                Fail($"sharing plan attached to layer {index}, which is not a conv layer");
+                return;
+            }
+            plan.Validate(conv, $"{source}: layer {index}");
+        }
     }
+
+    /// <summary>Sharing plans carried by the model, by conv layer index (empty for a plain model).</summary>
+    public IReadOnlyDictionary<int, LayerPlan> Plans { get; }
+
+    /// <summary>The same model carrying <paramref name="plans"/> (validated against the weights).</summary>
+    public BnnModel WithPlans(IReadOnlyDictionary<int, LayerPlan> plans) => new(Input, Layers, Source, plans);
+
+    /// <summary>The same architecture with some layers replaced (e.g. merged weights or recalibrated thresholds).</summary>
+    public BnnModel WithLayers(IReadOnlyList<Layer> layers) => new(Input, layers, Source);
 
     /// <summary>Input image shape.</summary>
     public Shape Input { get; }

@@ -253,6 +253,26 @@ internal static class SafeTensors
         return new Entry(name, "F32", [values.Length], data);
     }
 
+    public static Entry I32(string name, int[] values, params long[] shape)
+    {
+        var data = new byte[values.Length * 4];
+        for (int i = 0; i < values.Length; i++)
+        {
+            BinaryPrimitives.WriteInt32LittleEndian(data.AsSpan(i * 4), values[i]);
+        }
+        return new Entry(name, "I32", shape, data);
+    }
+
+    public static int[] ToI32(Entry e)
+    {
+        var values = new int[e.Data.Length / 4];
+        for (int i = 0; i < values.Length; i++)
+        {
+            values[i] = BinaryPrimitives.ReadInt32LittleEndian(e.Data.AsSpan(i * 4));
+        }
+        return values;
+    }
+
     public static float[] ToF32(Entry e)
     {
         var values = new float[e.Data.Length / 4];

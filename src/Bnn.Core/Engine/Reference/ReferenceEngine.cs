@@ -81,7 +81,7 @@ public sealed class ReferenceEngine(BnnModel model) : IEngine
         return acc;
     }
 
-    private static int[] Dense(sbyte[] weights, int inFeatures, int outFeatures, int[] x)
+    internal static int[] Dense(sbyte[] weights, int inFeatures, int outFeatures, int[] x)
     {
         var acc = new int[outFeatures];
         for (int o = 0; o < outFeatures; o++)
@@ -96,7 +96,7 @@ public sealed class ReferenceEngine(BnnModel model) : IEngine
         return acc;
     }
 
-    private static int[] Binarize(int[] acc, Threshold threshold, int perChannel)
+    internal static int[] Binarize(int[] acc, Threshold threshold, int perChannel)
     {
         var y = new int[acc.Length];
         for (int i = 0; i < acc.Length; i++)
@@ -106,7 +106,7 @@ public sealed class ReferenceEngine(BnnModel model) : IEngine
         return y;
     }
 
-    private static int[] MaxPool(MaxPoolLayer p, int[] x, Shape inShape, Shape outShape)
+    internal static int[] MaxPool(MaxPoolLayer p, int[] x, Shape inShape, Shape outShape)
     {
         var y = new int[outShape.Size];
         for (int ch = 0; ch < outShape.Channels; ch++)
