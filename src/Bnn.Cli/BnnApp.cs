@@ -41,6 +41,7 @@ public static class BnnApp
         InfoCommand.Create(io),
         RandomModelCommand.Create(io),
         DownloadCommand.Create(io),
+        AnalyzeCommand.Create(io),
     ];
 
     /// <summary>Wraps a command body with the exit-code policy: clear one-line errors, no stack traces.</summary>

@@ -79,6 +79,17 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         }
     }
 
+    /// <summary>
+    /// Latent weights start small, uniform in ±1/√fan_in (PyTorch's default bound). Starting them across the whole
+    /// clip range [−1, 1] instead leaves most signs frozen for hundreds of Adam steps and slows training markedly.
+    /// </summary>
+    internal static Tensor LatentInit(params long[] shape)
+    {
+        long fanIn = shape.Skip(1).Aggregate(1L, (a, b) => a * b);
+        double bound = 1.0 / Math.Sqrt(fanIn);
+        return empty(shape).uniform_(-bound, bound);
+    }
+
     internal interface IBinaryWeights
     {
         Parameter Weight { get; }
@@ -95,7 +106,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
             Spec = spec;
             IsFirst = first;
             PadValue = first ? 0 : padValue;
-            weight = nn.Parameter(empty(spec.OutChannels, inChannels, spec.Kernel, spec.Kernel).uniform_(-1.0, 1.0));
+            weight = nn.Parameter(LatentInit(spec.OutChannels, inChannels, spec.Kernel, spec.Kernel));
             bn = nn.BatchNorm2d(spec.OutChannels);
             RegisterComponents();
         }
@@ -133,7 +144,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         public DenseStage(int inFeatures, int outFeatures)
             : base(nameof(DenseStage))
         {
-            weight = nn.Parameter(empty(outFeatures, inFeatures).uniform_(-1.0, 1.0));
+            weight = nn.Parameter(LatentInit(outFeatures, inFeatures));
             bn = nn.BatchNorm1d(outFeatures);
             RegisterComponents();
         }
@@ -158,7 +169,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         public OutputStage(int inFeatures, int classes)
             : base(nameof(OutputStage))
         {
-            weight = nn.Parameter(empty(classes, inFeatures).uniform_(-1.0, 1.0));
+            weight = nn.Parameter(LatentInit(classes, inFeatures));
             // A positive learned temperature for the loss only: it scales every score alike, so argmax ignores it.
             logScale = nn.Parameter(tensor(-0.5 * Math.Log(inFeatures), dtype: float32));
             RegisterComponents();

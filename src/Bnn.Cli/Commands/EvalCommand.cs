@@ -8,7 +8,7 @@ namespace Bnn.Cli;
 
 internal static class EvalCommand
 {
-    public static IReadOnlyList<string> EngineNames { get; } = ["reference", "fast"];
+    public static IReadOnlyList<string> EngineNames { get; } = ["reference", "fast", "shared"];
 
     public static Command Create(CliIo io)
     {
@@ -73,6 +73,7 @@ internal static class EvalCommand
     {
         "reference" => new ReferenceEngine(model),
         "fast" => new PackedEngine(model),
+        "shared" => new SharedEngine(model),
         _ => throw new UsageException($"unknown engine '{name}' (expected one of: {string.Join(", ", EngineNames)})"),
     };
 }

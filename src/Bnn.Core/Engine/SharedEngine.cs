@@ -165,20 +165,21 @@ public sealed class SharedEngine : IEngine
             (byChannel[plan.Nodes[i].Channel] ??= []).Add(i);
         }
         var taps = new int[n];
+        var padded = new PaddedPlane(layer, inShape);
         for (int c = 0; c < layer.InChannels; c++)
         {
+            padded.Load(x, c);
             foreach (int i in byChannel[c] ?? [])
             {
                 var node = plan.Nodes[i];
                 var r = new int[positions];
                 if (node.IsRoot)
                 {
-                    int count = 0;
                     for (int t = 0; t < n; t++)
                     {
-                        taps[count++] = t;
+                        taps[t] = t;
                     }
-                    ApplyTaps(layer, node.Code, taps.AsSpan(0, n), x, inShape, outShape, c, r, 1, counts, index);
+                    ApplyTaps(layer, node.Code, taps.AsSpan(0, n), padded, outShape, r, 1, counts, index);
                 }
                 else
                 {
@@ -195,12 +196,16 @@ public sealed class SharedEngine : IEngine
                             taps[count++] = t;
                         }
                     }
-                    for (int p = 0; p < positions; p++)
+                    if (sameOrientation)
                     {
-                        r[p] = sameOrientation ? parent[p] : -parent[p];
+                        parent.CopyTo(r, 0);
+                    }
+                    else
+                    {
+                        Kernels.IntRows.Negate(parent, r);
                     }
                     // Σ_{t∈D} u_t x_t, scaled by −2 (same orientation) or +2 (opposite): see the method summary.
-                    ApplyTaps(layer, parentCode, taps.AsSpan(0, count), x, inShape, outShape, c, r, sameOrientation ? -2 : 2, counts, index);
+                    ApplyTaps(layer, parentCode, taps.AsSpan(0, count), padded, outShape, r, sameOrientation ? -2 : 2, counts, index);
                 }
                 results[i] = r;
             }
@@ -213,17 +218,11 @@ public sealed class SharedEngine : IEngine
                 if (!started[k])
                 {
                     started[k] = true;
-                    for (int p = 0; p < positions; p++)
-                    {
-                        dst[p] = sign * r[p];
-                    }
+                    Kernels.IntRows.Scale(r, sign, dst);
                 }
                 else
                 {
-                    for (int p = 0; p < positions; p++)
-                    {
-                        dst[p] += sign * r[p];
-                    }
+                    Kernels.IntRows.AddScaled(r, sign, dst);
                     if (counts is not null)
                     {
                         counts.AccumulateAdds[index] += positions;
@@ -238,30 +237,71 @@ public sealed class SharedEngine : IEngine
         return acc;
     }
 
-    /// <summary>r[p] += scale · Σ_{t ∈ taps} code_t · x(p, t); counts one tap op per tap per position.</summary>
-    private static void ApplyTaps(ConvLayer layer, int code, ReadOnlySpan<int> taps, int[] x, Shape inShape, Shape outShape, int c,
+    /// <summary>
+    /// r[p] += scale · Σ_{t ∈ taps} code_t · x(p, t), one tap at a time over whole output rows so the inner loop is
+    /// a vector multiply-add; counts one tap op per tap per output position.
+    /// </summary>
+    private static void ApplyTaps(ConvLayer layer, int code, ReadOnlySpan<int> taps, PaddedPlane x, Shape outShape,
         int[] r, int scale, OpCounts? counts, int index)
     {
-        int kw = layer.KernelW;
-        int plane = c * inShape.Height * inShape.Width;
-        for (int oy = 0; oy < outShape.Height; oy++)
+        int kw = layer.KernelW, s = layer.Stride, wo = outShape.Width;
+        foreach (int t in taps)
         {
-            for (int ox = 0; ox < outShape.Width; ox++)
+            int coefficient = ((code >> t) & 1) != 0 ? -scale : scale;
+            int ky = t / kw, kx = t % kw;
+            for (int oy = 0; oy < outShape.Height; oy++)
             {
-                int sum = 0;
-                foreach (int t in taps)
+                var src = x.Values.AsSpan((((oy * s) + ky) * x.Width) + kx);
+                var dst = r.AsSpan(oy * wo, wo);
+                if (s == 1)
                 {
-                    int iy = (oy * layer.Stride) + (t / kw) - layer.Padding;
-                    int ix = (ox * layer.Stride) + (t % kw) - layer.Padding;
-                    int v = iy >= 0 && iy < inShape.Height && ix >= 0 && ix < inShape.Width ? x[plane + (iy * inShape.Width) + ix] : layer.PadValue;
-                    sum += ((code >> t) & 1) != 0 ? -v : v;
+                    Kernels.IntRows.AddScaled(src[..wo], coefficient, dst);
                 }
-                r[(oy * outShape.Width) + ox] += scale * sum;
+                else
+                {
+                    for (int ox = 0; ox < wo; ox++)
+                    {
+                        dst[ox] += coefficient * src[ox * s];
+                    }
+                }
             }
         }
         if (counts is not null)
         {
             counts.TapOps[index] += (long)taps.Length * outShape.Height * outShape.Width;
+        }
+    }
+
+    /// <summary>One input channel with its border filled with the layer's pad value.</summary>
+    private sealed class PaddedPlane
+    {
+        private readonly ConvLayer layer;
+        private readonly Shape inShape;
+
+        public PaddedPlane(ConvLayer layer, Shape inShape)
+        {
+            this.layer = layer;
+            this.inShape = inShape;
+            Width = inShape.Width + (2 * layer.Padding);
+            Values = new int[(inShape.Height + (2 * layer.Padding)) * Width];
+        }
+
+        public int Width { get; }
+
+        public int[] Values { get; }
+
+        public void Load(int[] x, int channel)
+        {
+            int p = layer.Padding;
+            if (p > 0)
+            {
+                Values.AsSpan().Fill(layer.PadValue);
+            }
+            int plane = channel * inShape.Height * inShape.Width;
+            for (int y = 0; y < inShape.Height; y++)
+            {
+                x.AsSpan(plane + (y * inShape.Width), inShape.Width).CopyTo(Values.AsSpan(((y + p) * Width) + p));
+            }
         }
     }
 }
