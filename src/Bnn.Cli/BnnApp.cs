@@ -42,6 +42,9 @@ public static class BnnApp
         RandomModelCommand.Create(io),
         DownloadCommand.Create(io),
         AnalyzeCommand.Create(io),
+        ShareCommand.Create(io),
+        CheckpointCommands.Export(io),
+        CheckpointCommands.Fidelity(io),
     ];
 
     /// <summary>Wraps a command body with the exit-code policy: clear one-line errors, no stack traces.</summary>

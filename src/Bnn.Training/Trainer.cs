@@ -59,9 +59,8 @@ public static class Trainer
         {
             all = all.Take(limit);
         }
-        int valCount = Math.Min(resumed?.ValidationCount ?? options.ValidationCount, all.Count / 5);
-        var train = all.Slice(0, all.Count - valCount);
-        var validation = all.Slice(all.Count - valCount, valCount);
+        var (train, validation) = Datasets.HoldOut(all, resumed?.ValidationCount ?? options.ValidationCount);
+        int valCount = validation.Count;
 
         torch.manual_seed(seed);
         using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes));

@@ -24,19 +24,20 @@ public sealed class PackedEngine : IEngine
         steps = new PackedStep[model.Layers.Count];
         for (int i = 0; i < steps.Length; i++)
         {
-            var inShape = model.InputShapes[i];
-            var outShape = model.OutputShapes[i];
-            steps[i] = model.Layers[i] switch
-            {
-                ConvLayer { IsInputLayer: true } c => new InputConvStep(c, inShape, outShape),
-                ConvLayer c => new BinaryConvStep(c, inShape, outShape, Kernel),
-                MaxPoolLayer p => new PoolStep(p, inShape, outShape),
-                DenseLayer d => new DenseStep(d.Weights, d.Threshold, inShape, d.OutFeatures, Kernel),
-                OutputLayer o => new DenseStep(o.Weights, null, inShape, o.Classes, Kernel),
-                _ => throw new InvalidOperationException("unknown layer"),
-            };
+            steps[i] = Compile(model.Layers[i], model.InputShapes[i], model.OutputShapes[i], Kernel);
         }
     }
+
+    /// <summary>Compiles one layer for packed execution.</summary>
+    internal static PackedStep Compile(Layer layer, Shape inShape, Shape outShape, PopCountKernel kernel) => layer switch
+    {
+        ConvLayer { IsInputLayer: true } c => new InputConvStep(c, inShape, outShape),
+        ConvLayer c => new BinaryConvStep(c, inShape, outShape, kernel),
+        MaxPoolLayer p => new PoolStep(p, inShape, outShape),
+        DenseLayer d => new DenseStep(d.Weights, d.Threshold, inShape, d.OutFeatures, kernel),
+        OutputLayer o => new DenseStep(o.Weights, null, inShape, o.Classes, kernel),
+        _ => throw new InvalidOperationException("unknown layer"),
+    };
 
     /// <inheritdoc/>
     public string Name => "fast";
@@ -77,9 +78,9 @@ public sealed class PackedEngine : IEngine
         {
             bits = steps[i] switch
             {
-                InputConvStep s => s.Run(pixels, ws.Buffers[i]),
+                InputConvStep s => s.Run(pixels, ws.Buffers[i], ws.Accumulators),
                 DenseStep { IsOutput: true } s => s.RunScores(bits, scores),
-                var s => s.Run(bits, ws.Buffers[i], ws.Padded[i]),
+                var s => s.Run(bits, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
             };
         }
     }
@@ -103,7 +104,11 @@ public sealed class PackedEngine : IEngine
         {
             Buffers = steps.Select(s => new ulong[s.OutputWords]).ToArray();
             Padded = steps.Select(s => s.PaddedWords > 0 ? new ulong[s.PaddedWords] : []).ToArray();
+            Accumulators = new int[steps.Max(s => s.AccumulatorCount)];
         }
+
+        /// <summary>Scratch for one step's raw accumulators, reused by every step.</summary>
+        public int[] Accumulators { get; }
 
         public ulong[][] Buffers { get; }
 
@@ -118,14 +123,32 @@ internal abstract class PackedStep
 
     public int PaddedWords { get; protected init; }
 
-    public virtual ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded) =>
+    /// <summary>Accumulators a step produces per image (0 for steps without a threshold).</summary>
+    public virtual int AccumulatorCount => 0;
+
+    public virtual ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc) =>
         throw new InvalidOperationException();
 
-    protected static void WriteBit(Span<ulong> words, int channel, bool positive)
+    /// <summary>Raw accumulators, position-major (conv and dense steps only).</summary>
+    public virtual void Accumulate(ReadOnlySpan<ulong> input, ulong[] padded, Span<int> acc) =>
+        throw new InvalidOperationException();
+
+    /// <summary>Thresholds position-major accumulators into packed bits, one pixel of ⌈K/64⌉ words per position.</summary>
+    protected static void BinarizePositions(ReadOnlySpan<int> acc, Threshold threshold, int positions, int channels, Span<ulong> output)
     {
-        if (!positive)
+        int words = BitConvention.Words(channels);
+        output.Clear();
+        for (int p = 0; p < positions; p++)
         {
-            words[channel >> 6] |= 1UL << (channel & 63);
+            var dst = output.Slice(p * words, words);
+            var a = acc.Slice(p * channels, channels);
+            for (int k = 0; k < channels; k++)
+            {
+                if (!threshold.IsPositive(k, a[k]))
+                {
+                    dst[k >> 6] |= 1UL << (k & 63);
+                }
+            }
         }
     }
 }
@@ -166,11 +189,13 @@ internal sealed class InputConvStep : PackedStep
         }
     }
 
-    public ReadOnlySpan<ulong> Run(ReadOnlySpan<byte> pixels, ulong[] output)
+    public override int AccumulatorCount => outShape.Size;
+
+    /// <summary>Raw accumulators, position-major: acc[(oy·Wo + ox)·K + k].</summary>
+    public void Accumulate(ReadOnlySpan<byte> pixels, Span<int> acc)
     {
         int taps = layer.TapsPerOutput;
         Span<int> patch = taps <= 1024 ? stackalloc int[taps] : new int[taps];
-        output.AsSpan().Clear();
         int plane = inShape.Height * inShape.Width;
         for (int oy = 0; oy < outShape.Height; oy++)
         {
@@ -190,14 +215,19 @@ internal sealed class InputConvStep : PackedStep
                         }
                     }
                 }
-                var dst = output.AsSpan(((oy * outShape.Width) + ox) * words, words);
+                var dst = acc.Slice(((oy * outShape.Width) + ox) * layer.OutChannels, layer.OutChannels);
                 for (int k = 0; k < layer.OutChannels; k++)
                 {
-                    int acc = Dot(patch, weights.AsSpan(k * taps, taps));
-                    WriteBit(dst, k, layer.Threshold.IsPositive(k, acc));
+                    dst[k] = Dot(patch, weights.AsSpan(k * taps, taps));
                 }
             }
         }
+    }
+
+    public ReadOnlySpan<ulong> Run(ReadOnlySpan<byte> pixels, ulong[] output, int[] acc)
+    {
+        Accumulate(pixels, acc);
+        BinarizePositions(acc, layer.Threshold, outShape.Height * outShape.Width, layer.OutChannels, output);
         return output;
     }
 
@@ -270,27 +300,26 @@ internal sealed class BinaryConvStep : PackedStep
         return packed;
     }
 
-    public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded)
+    public override int AccumulatorCount => outShape.Size;
+
+    public override void Accumulate(ReadOnlySpan<ulong> input, ulong[] padded, Span<int> acc)
     {
-        int p = layer.Padding;
         ReadOnlySpan<ulong> src = input;
         int rowWidth = inShape.Width;
-        if (p > 0)
+        if (layer.Padding > 0)
         {
             FillPadded(input, padded);
             src = padded;
             rowWidth = paddedWidth;
         }
-        output.AsSpan().Clear();
         int rowWords = layer.KernelW * inWords;
         int perFilter = layer.KernelH * rowWords;
         int n = layer.TapsPerOutput;
-        var threshold = layer.Threshold;
         for (int oy = 0; oy < outShape.Height; oy++)
         {
             for (int ox = 0; ox < outShape.Width; ox++)
             {
-                var dst = output.AsSpan(((oy * outShape.Width) + ox) * outWords, outWords);
+                var dst = acc.Slice(((oy * outShape.Width) + ox) * layer.OutChannels, layer.OutChannels);
                 int baseIndex = (((oy * layer.Stride) * rowWidth) + (ox * layer.Stride)) * inWords;
                 for (int k = 0; k < layer.OutChannels; k++)
                 {
@@ -300,10 +329,16 @@ internal sealed class BinaryConvStep : PackedStep
                     {
                         pop += XorPopCount.Compute(src.Slice(baseIndex + (ky * rowWidth * inWords), rowWords), filter.Slice(ky * rowWords, rowWords), kernel);
                     }
-                    WriteBit(dst, k, threshold.IsPositive(k, n - (2 * pop)));
+                    dst[k] = n - (2 * pop);
                 }
             }
         }
+    }
+
+    public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc)
+    {
+        Accumulate(input, padded, acc);
+        BinarizePositions(acc, layer.Threshold, outShape.Height * outShape.Width, layer.OutChannels, output);
         return output;
     }
 
@@ -347,7 +382,7 @@ internal sealed class PoolStep : PackedStep
         OutputWords = outShape.Height * outShape.Width * words;
     }
 
-    public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded)
+    public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc)
     {
         for (int oy = 0; oy < outShape.Height; oy++)
         {
@@ -412,23 +447,26 @@ internal sealed class DenseStep : PackedStep
 
     public bool IsOutput => threshold is null;
 
-    public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded)
+    public override int AccumulatorCount => outFeatures;
+
+    public override void Accumulate(ReadOnlySpan<ulong> input, ulong[] padded, Span<int> acc)
     {
-        output.AsSpan().Clear();
         for (int o = 0; o < outFeatures; o++)
         {
-            int acc = inFeatures - (2 * XorPopCount.Compute(input, weights.AsSpan(o * rowWords, rowWords), kernel));
-            WriteBit(output, o, threshold!.IsPositive(o, acc));
+            acc[o] = inFeatures - (2 * XorPopCount.Compute(input, weights.AsSpan(o * rowWords, rowWords), kernel));
         }
+    }
+
+    public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc)
+    {
+        Accumulate(input, padded, acc);
+        BinarizePositions(acc, threshold!, 1, outFeatures, output);
         return output;
     }
 
     public ReadOnlySpan<ulong> RunScores(ReadOnlySpan<ulong> input, Span<int> scores)
     {
-        for (int o = 0; o < outFeatures; o++)
-        {
-            scores[o] = inFeatures - (2 * XorPopCount.Compute(input, weights.AsSpan(o * rowWords, rowWords), kernel));
-        }
+        Accumulate(input, [], scores);
         return default;
     }
 }
