@@ -45,6 +45,7 @@ public static class BnnApp
         ShareCommand.Create(io),
         CheckpointCommands.Export(io),
         CheckpointCommands.Fidelity(io),
+        ReproduceCommand.Create(io),
     ];
 
     /// <summary>Wraps a command body with the exit-code policy: clear one-line errors, no stack traces.</summary>
