@@ -46,6 +46,7 @@ public static class BnnApp
         CheckpointCommands.Export(io),
         CheckpointCommands.Fidelity(io),
         ReproduceCommand.Create(io),
+        ReportCommand.Create(io),
     ];
 
     /// <summary>Wraps a command body with the exit-code policy: clear one-line errors, no stack traces.</summary>

@@ -2,7 +2,10 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using Bnn.Engine;
+using Bnn.Data;
+using Bnn.Engine.Kernels;
 using Bnn.Engine.Reference;
+using Spectre.Console;
 
 namespace Bnn.Cli;
 
@@ -21,9 +24,10 @@ internal static class EvalCommand
         var engine = new Option<string>("--engine") { Description = "inference engine", DefaultValueFactory = _ => "fast" }.AcceptOnlyFromAmong([.. EngineNames]);
         var threads = CommonOptions.Threads();
         var json = CommonOptions.Json();
+        var kernel = new Option<PopCountKernel>("--popcount") { Description = "fast engine: popcount kernel", DefaultValueFactory = _ => PopCountKernel.Auto };
         var command = new Command("eval", "Evaluate a model on a dataset: accuracy and images/s")
         {
-            model, data, dataset, split, file, limit, engine, threads, json,
+            model, data, dataset, split, file, limit, engine, threads, json, kernel,
         };
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
@@ -32,9 +36,14 @@ internal static class EvalCommand
             var modelPath = parse.GetValue(model)!;
             var m = CommonOptions.LoadModel(modelPath);
             var images = CommonOptions.LoadImages(parse.GetValue(dataset)!, parse.GetValue(data)!, parse.GetValue(split)!, parse.GetValue(file), parse.GetValue(limit));
-            IEngine e = CreateEngine(parse.GetValue(engine)!, m);
+            var k = parse.GetValue(kernel);
+            if (!XorPopCount.Supported.Contains(k) && k != PopCountKernel.Auto)
+            {
+                throw new UsageException($"--popcount {k} is not supported on this machine (supported: {string.Join(", ", XorPopCount.Supported)})");
+            }
+            IEngine e = parse.GetValue(engine) == "fast" ? new PackedEngine(m, k) : CreateEngine(parse.GetValue(engine)!, m);
             var clock = Stopwatch.StartNew();
-            var (_, predictions) = e.Run(images, t);
+            var predictions = RunWithProgress(io, e, images, t);
             double seconds = clock.Elapsed.TotalSeconds;
             int correct = predictions.Where((p, i) => p == images.Labels[i]).Count();
             double accuracy = (double)correct / images.Count;
@@ -67,6 +76,31 @@ internal static class EvalCommand
             return BnnApp.Ok;
         }));
         return command;
+    }
+
+    /// <summary>Scores in chunks so that an interactive terminal can show a progress bar.</summary>
+    private static int[] RunWithProgress(CliIo io, IEngine engine, ImageSet images, int threads)
+    {
+        if (!io.Interactive)
+        {
+            return engine.Run(images, threads).Predictions;
+        }
+        int classes = engine.Model.Classes;
+        var scores = new int[images.Count * classes];
+        int chunk = Math.Max(threads * 8, 64);
+        AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            .Start(ctx =>
+            {
+                var task = ctx.AddTask($"{engine.Name} engine", maxValue: images.Count);
+                for (int start = 0; start < images.Count; start += chunk)
+                {
+                    int count = Math.Min(chunk, images.Count - start);
+                    engine.Score(images, start, count, scores.AsSpan(start * classes, count * classes), threads);
+                    task.Increment(count);
+                }
+            });
+        return Enumerable.Range(0, images.Count).Select(i => EngineExtensions.ArgMax(scores.AsSpan(i * classes, classes))).ToArray();
     }
 
     public static IEngine CreateEngine(string name, Model.BnnModel model) => name switch

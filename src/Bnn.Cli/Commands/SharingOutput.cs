@@ -36,6 +36,8 @@ internal static class SharingOutput
                 }
             }
         }
+        long bound = report.Rows.Sum(r => r.Analysis.DerivationLowerBound * r.Analysis.OutH * r.Analysis.OutW);
+        sb.AppendLine(inv, $"lower bound for any lossless derivation plan (Steiner intermediates included): {bound:N0} tap ops; exact-similar is {((double)report.TapOps(r => r.ExactSimilar)!.Value / bound) - 1:P2} above it");
         var first = report.Rows.FirstOrDefault(r => r.Analysis.IsInputLayer);
         if (first is not null)
         {
@@ -76,6 +78,7 @@ internal static class SharingOutput
             w.WriteNumber("repeated", a.Repeated);
             w.WriteNumber("inverse", a.Inverse);
             w.WriteNumber("accumulate_adds", r.AccumulateAdds);
+            w.WriteNumber("derivation_lower_bound_tap_ops", a.DerivationLowerBound * a.OutH * a.OutW);
             WriteHistogram(w, "class_frequency_histogram", a.ClassFrequencyHistogram);
             WriteHistogram(w, "nearest_distance_histogram", a.NearestDistanceHistogram);
             w.WriteStartObject("tap_ops");

@@ -13,6 +13,30 @@ namespace Bnn.Sharing;
 /// <param name="Accepted">Whether the search kept it.</param>
 public sealed record ApproximateCandidate(IReadOnlyDictionary<int, int> Radii, double MergedAccuracy, double? RecalibratedAccuracy, double Conv2dReduction, bool Accepted);
 
+/// <summary>
+/// Merged layers by (layer index, radius) for one model, so that several searches over the same model (a radius
+/// sweep, then the automatic search) solve each channel's cover once.
+/// </summary>
+public sealed class MergeCache
+{
+    private readonly Dictionary<(int Layer, int Radius), ConvLayer> merged = [];
+
+    /// <summary>The layer merged at the radius, computed on first use.</summary>
+    public ConvLayer Get(BnnModel model, int layer, int radius)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        lock (merged)
+        {
+            if (!merged.TryGetValue((layer, radius), out var result))
+            {
+                result = ApproximatePlanner.Merge((ConvLayer)model.Layers[layer], radius).Layer;
+                merged[(layer, radius)] = result;
+            }
+            return result;
+        }
+    }
+}
+
 /// <summary>The chosen approximate model and how it was reached.</summary>
 public sealed record ApproximateResult(
     BnnModel Model, IReadOnlyDictionary<int, int> Radii, double BaselineAccuracy, double MergedAccuracy, double? RecalibratedAccuracy,
@@ -29,13 +53,13 @@ public static class ApproximateSearch
 {
     /// <summary>Runs the search (or applies <paramref name="fixedRadius"/> to every conv layer when given).</summary>
     public static ApproximateResult Run(BnnModel model, ImageSet validation, ImageSet? calibration, double maxLoss, int? fixedRadius,
-        int maxRadius = 2, int threads = 1, IProgress<string>? log = null)
+        int maxRadius = 2, int threads = 1, IProgress<string>? log = null, MergeCache? cache = null)
     {
+        cache ??= new MergeCache();
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(validation);
         double baseline = Accuracy(model, validation, threads);
         log?.Report($"validation baseline {baseline:P2}");
-        var merges = new Dictionary<(int, int), ConvLayer>();
         var trace = new List<ApproximateCandidate>();
         var convs = model.ConvLayers.Where(p => FilterCode.Supports(p.Layer)).ToList();
         var radii = convs.ToDictionary(p => p.Index, _ => 0);
@@ -45,12 +69,7 @@ public static class ApproximateSearch
             var layers = model.Layers.ToList();
             foreach (var (i, r) in candidate.Where(p => p.Value > 0))
             {
-                if (!merges.TryGetValue((i, r), out var merged))
-                {
-                    merged = ApproximatePlanner.Merge((ConvLayer)model.Layers[i], r).Layer;
-                    merges[(i, r)] = merged;
-                }
-                layers[i] = merged;
+                layers[i] = cache.Get(model, i, r);
             }
             var mergedModel = model.WithLayers(layers);
             double mergedAcc = Accuracy(mergedModel, validation, threads);

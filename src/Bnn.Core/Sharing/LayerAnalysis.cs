@@ -53,6 +53,13 @@ public sealed record LayerAnalysis
     /// <summary>[d] = number of classes whose nearest other class in the channel is at distance d (index 0: alone).</summary>
     public required long[] NearestDistanceHistogram { get; init; }
 
+    /// <summary>
+    /// A lower bound on the tap ops per output position of any lossless derivation plan, Steiner intermediates
+    /// included: Σ_c (n + m_c − 1), since every channel computes at least one result from scratch and every other
+    /// present class costs at least one corrected tap. An exact-similar plan that meets it cannot be improved.
+    /// </summary>
+    public required long DerivationLowerBound { get; init; }
+
     /// <summary>Total 2-D filters K·C.</summary>
     public long Filters => (long)OutChannels * InChannels;
 
@@ -63,7 +70,7 @@ public sealed record LayerAnalysis
         var layer = (ConvLayer)model.Layers[index];
         int n = layer.KernelH * layer.KernelW;
         var codes = FilterCode.Codes(layer);
-        long distinct = 0, repeated = 0, inverse = 0;
+        long distinct = 0, repeated = 0, inverse = 0, lowerBound = 0;
         int max = 0;
         var frequency = new long[layer.OutChannels + 1];
         var nearest = new long[(n / 2) + 1];
@@ -86,6 +93,7 @@ public sealed record LayerAnalysis
                 counts[cls] = counts.GetValueOrDefault(cls) + 1;
             }
             distinct += counts.Count;
+            lowerBound += n + counts.Count - 1;
             max = Math.Max(max, counts.Count);
             foreach (var f in counts.Values)
             {
@@ -112,7 +120,7 @@ public sealed record LayerAnalysis
             Index = index, OutChannels = layer.OutChannels, InChannels = layer.InChannels, KernelH = layer.KernelH, KernelW = layer.KernelW,
             OutH = outShape.Height, OutW = outShape.Width, IsInputLayer = layer.IsInputLayer,
             DistinctClasses = distinct, MeanClassesPerChannel = (double)distinct / layer.InChannels, MaxClassesPerChannel = max,
-            Repeated = repeated, Inverse = inverse, ClassFrequencyHistogram = frequency, NearestDistanceHistogram = nearest,
+            Repeated = repeated, Inverse = inverse, DerivationLowerBound = lowerBound, ClassFrequencyHistogram = frequency, NearestDistanceHistogram = nearest,
         };
     }
 }

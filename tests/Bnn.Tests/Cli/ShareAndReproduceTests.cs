@@ -78,3 +78,26 @@ public sealed class ShareAndReproduceTests
     private static BnnModel SharingModel() => RandomModels.Create(
         [new ConvSpec(6, 3, 1, 0), new ConvSpec(8, 3, 2, 1), new PoolSpec(2), new OutputSpec(10)], new Shape(3, 32, 32), seed: 3);
 }
+
+public sealed class ReportTests
+{
+    [Fact]
+    public void Report_GeneratedData_WritesMarkdownAndTwoPngPlots()
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, perBatch: 20, seed: 8);
+        ModelFile.Save(RandomModels.Create([new ConvSpec(6, 3, 1, 0), new ConvSpec(8, 3, 2, 1), new PoolSpec(2), new OutputSpec(10)], new Shape(3, 32, 32), seed: 5), dir.File("m.bnn"));
+        var (code, _, err) = CliRunner.Run("report", "--model", dir.File("m.bnn"), "--data", dir.Path, "--out", dir.File("r"), "--sweep", "0,1");
+        Assert.True(code == 0, err);
+        var md = File.ReadAllText(dir.File("r/report.md"));
+        Assert.Contains("| conv1 |", md);
+        Assert.Contains("| exact-similar |", md);
+        Assert.Contains("reduction-per-layer.png", md);
+        foreach (var png in new[] { "reduction-per-layer.png", "accuracy-vs-reduction.png" })
+        {
+            var bytes = File.ReadAllBytes(dir.File("r/" + png));
+            Assert.True(bytes.Length > 1000);
+            Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, bytes[..4]);
+        }
+    }
+}
