@@ -20,7 +20,7 @@ internal static class ReportCommand
         var dataset = CommonOptions.Dataset();
         var output = new Option<string>("--out") { Description = "directory for report.md and the PNG plots", Required = true };
         var maxLoss = new Option<double>("--max-loss") { Description = "approximate: validation accuracy budget", DefaultValueFactory = _ => 0.01 };
-        var radii = new Option<string>("--sweep") { Description = "radii for the accuracy-vs-reduction sweep (comma-separated)", DefaultValueFactory = _ => "0,1,2" };
+        var radii = new Option<string>("--sweep") { Description = "radii for the accuracy-vs-reduction sweep (comma-separated)", DefaultValueFactory = _ => "0,1" };
         var threads = CommonOptions.Threads();
         var command = new Command("report", "Markdown report with plots: per-layer sharing tables, reduction chart, accuracy-vs-reduction sweep")
         {
@@ -139,7 +139,7 @@ internal static class Plots
     {
         var plot = new ScottPlot.Plot();
         var modes = SharingOutput.Modes;
-        var colors = new[] { ScottPlot.Colors.SteelBlue, ScottPlot.Colors.DarkOrange, ScottPlot.Colors.SeaGreen };
+        var colors = new[] { ScottPlot.Colors.SteelBlue, ScottPlot.Colors.DarkOrange, ScottPlot.Colors.Gray, ScottPlot.Colors.SeaGreen };
         for (int m = 0; m < modes.Length; m++)
         {
             var bars = new List<ScottPlot.Bar>();

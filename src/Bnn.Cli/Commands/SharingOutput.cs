@@ -32,7 +32,7 @@ internal static class SharingOutput
             {
                 if (report.TapOps(select, input) is long t && report.Conv2d(select, input) is double c)
                 {
-                    sb.AppendLine(inv, $"  {mode,-14} {t,16:N0} tap ops ({Saving(t, baseline)} fewer)   {c,12:N1} 2-D convs ({Saving(c, conv2d)} fewer)");
+                    sb.AppendLine(inv, $"  {mode,-22} {t,16:N0} tap ops ({Saving(t, baseline)} fewer)   {c,12:N1} 2-D convs ({Saving(c, conv2d)} fewer)");
                 }
             }
         }
@@ -50,6 +50,7 @@ internal static class SharingOutput
     [
         ("exact", r => r.Exact),
         ("exact-similar", r => r.ExactSimilar),
+        ("approximate-merge-only", r => r.ApproximateMergeOnly),
         ("approximate", r => r.Approximate),
     ];
 

@@ -4,9 +4,13 @@ using Bnn.Model;
 namespace Bnn.Sharing;
 
 /// <summary>One conv layer's figures in every sharing mode (null where a mode was not computed).</summary>
+/// <remarks>
+/// <c>ApproximateMergeOnly</c> is the merged weights under repeat + inverse sharing alone, the accounting of the
+/// thesis; <c>Approximate</c> adds exact-similar derivations on top of the merge.
+/// </remarks>
 public sealed record LayerSharingRow(
     LayerAnalysis Analysis, string Name, long BaselineTapOps, long AccumulateAdds,
-    PlanCost Exact, PlanCost ExactSimilar, PlanCost? Approximate);
+    PlanCost Exact, PlanCost ExactSimilar, PlanCost? ApproximateMergeOnly, PlanCost? Approximate);
 
 /// <summary>Per-layer and total costs of a model under the sharing modes, computed with <see cref="CostModel"/>.</summary>
 public sealed class SharingReport
@@ -31,15 +35,17 @@ public sealed class SharingReport
                 continue;
             }
             var output = model.OutputShapes[i];
-            PlanCost? approx = null;
+            PlanCost? approx = null, mergeOnly = null;
             if (approximate is not null)
             {
-                var plan = approximate.Plans.TryGetValue(i, out var p) ? p : Planner.PlanExactSimilar((ConvLayer)approximate.Layers[i]);
+                var merged = (ConvLayer)approximate.Layers[i];
+                var plan = approximate.Plans.TryGetValue(i, out var p) ? p : Planner.PlanExactSimilar(merged);
                 approx = PlanCost.Of(plan, output);
+                mergeOnly = PlanCost.Of(Planner.PlanExact(merged), output);
             }
             rows.Add(new LayerSharingRow(
                 LayerAnalysis.Analyze(model, i), $"conv{i}", CostModel.ConvBaselineTapOps(conv, output), CostModel.AccumulateAdds(conv, output),
-                PlanCost.Of(Planner.PlanExact(conv), output), PlanCost.Of(Planner.PlanExactSimilar(conv), output), approx));
+                PlanCost.Of(Planner.PlanExact(conv), output), PlanCost.Of(Planner.PlanExactSimilar(conv), output), mergeOnly, approx));
         }
         return new SharingReport(rows);
     }

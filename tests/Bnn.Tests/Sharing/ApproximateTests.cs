@@ -39,7 +39,7 @@ public sealed class ApproximateTests
         var model = SharingTests.ClusteredModel(3, codebook: 40);
         var (i, conv) = model.ConvLayers.Skip(1).First();
         var (merged, optimal) = ApproximatePlanner.Merge(conv, radius);
-        Assert.Equal(conv.InChannels, optimal);
+        Assert.InRange(optimal, 0, conv.InChannels);
         int n = conv.KernelH * conv.KernelW;
         for (int k = 0; k < conv.OutChannels; k++)
         {
