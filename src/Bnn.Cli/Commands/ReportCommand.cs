@@ -159,7 +159,7 @@ internal static class Plots
             report.Rows.Select(r => r.Name).ToArray());
         plot.Axes.Left.Label.Text = "fewer 2-D convolutions (%)";
         plot.Title("Reduction per conv layer");
-        plot.ShowLegend();
+        plot.ShowLegend(ScottPlot.Edge.Bottom);
         plot.Axes.SetLimitsY(0, 100);
         plot.SavePng(path, 900, 500);
     }
@@ -184,7 +184,7 @@ internal static class Plots
         plot.Axes.Bottom.Label.Text = "fewer 2-D convolutions in the conv layers (%)";
         plot.Axes.Left.Label.Text = "validation accuracy (%)";
         plot.Title("Accuracy versus reduction");
-        plot.ShowLegend();
+        plot.ShowLegend(ScottPlot.Edge.Bottom);
         plot.SavePng(path, 900, 500);
     }
 }
