@@ -1,6 +1,6 @@
 namespace Bnn.Data;
 
-/// <summary>SVHN cropped digits (format 2): <c>train_32x32.mat</c> / <c>test_32x32.mat</c>. Filled in below.</summary>
+/// <summary>SVHN cropped digits (format 2): <c>train_32x32.mat</c> / <c>test_32x32.mat</c>; the reader is in SvhnMat.cs.</summary>
 public static partial class Svhn
 {
     /// <summary>The official file of a split.</summary>
