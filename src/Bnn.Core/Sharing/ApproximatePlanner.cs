@@ -16,15 +16,16 @@ public sealed record ChannelCover(int[] Representatives, bool Optimal);
 /// <para>Budget: on trained CNV channels (about 130 of the 256 classes present) radius-1 covers are hard to prove
 /// optimal: 5 s per channel proved 7 of 20 and 0.5 s proved 1 of 20, with 7% more representatives than the 5 s
 /// solutions (measured 2026-11-27). A whole CNV has 643 channels, so each solve is capped at
-/// <see cref="SolverSecondsPerChannel"/> seconds, starting from the greedy cover as a hint;
-/// <see cref="ChannelCover.Optimal"/> records whether optimality was proven.</para>
+/// <see cref="SolverSecondsPerChannel"/> units of CP-SAT's <i>deterministic</i> time (about 0.4 s each here),
+/// starting from the greedy cover as a hint; <see cref="ChannelCover.Optimal"/> records whether optimality was
+/// proven. A wall-clock cap made the chosen covers depend on machine load, so two runs merged differently.</para>
 /// </summary>
 public static class ApproximatePlanner
 {
     /// <summary>Mode name.</summary>
     public const string Mode = "approximate";
 
-    /// <summary>CP-SAT time limit per channel (see the class remarks).</summary>
+    /// <summary>CP-SAT deterministic-time limit per channel (see the class remarks).</summary>
     public const double SolverSecondsPerChannel = 0.25;
 
     /// <summary>Minimum set of class codes covering <paramref name="classes"/> within <paramref name="radius"/>.</summary>
@@ -82,7 +83,7 @@ public static class ApproximatePlanner
         {
             // The default portfolio proves these covers optimal in milliseconds where a single worker can take
             // seconds; interleaved search keeps the multi-worker run deterministic, so plans reproduce.
-            StringParameters = $"num_workers:8 interleave_search:true random_seed:1 max_time_in_seconds:{SolverSecondsPerChannel}",
+            StringParameters = $"num_workers:8 interleave_search:true random_seed:1 max_deterministic_time:{SolverSecondsPerChannel}",
         };
         var status = solver.Solve(model);
         if (status is not (CpSolverStatus.Optimal or CpSolverStatus.Feasible))
