@@ -55,7 +55,7 @@ internal static class CheckpointCommands
             var t64 = Trainer.Predict(net, images, torch.ScalarType.Float64);
             int agree32 = engine.Where((p, i) => p == t32[i]).Count();
             int agree64 = engine.Where((p, i) => p == t64[i]).Count();
-            int correct = engine.Where((p, i) => p == images.Labels[i]).Count();
+            int correct = EngineExtensions.CountCorrect(engine, images);
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{images.Count} images: engine accuracy {(double)correct / images.Count:P2}; agreement with TorchSharp float32 {agree32}/{images.Count}, float64 {agree64}/{images.Count}"));
             if (parse.GetValue(json) is string jsonPath)

@@ -45,7 +45,7 @@ internal static class EvalCommand
             var clock = Stopwatch.StartNew();
             var predictions = RunWithProgress(io, e, images, t);
             double seconds = clock.Elapsed.TotalSeconds;
-            int correct = predictions.Where((p, i) => p == images.Labels[i]).Count();
+            int correct = EngineExtensions.CountCorrect(predictions, images);
             double accuracy = (double)correct / images.Count;
             double ips = images.Count / Math.Max(seconds, 1e-9);
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,

@@ -81,8 +81,7 @@ internal static class ReproduceCommand
         foreach (var mode in new[] { Planner.Exact, Planner.ExactSimilar })
         {
             io.Err.WriteLine($"{name}: {mode} plans through the shared engine");
-            var shared = model.WithPlans(model.ConvLayers.Where(p => FilterCode.Supports(p.Layer)).ToDictionary(
-                p => p.Index, p => mode == Planner.Exact ? Planner.PlanExact(p.Layer) : Planner.PlanExactSimilar(p.Layer)));
+            var shared = model.WithPlans(Planner.PlanModel(model, mode));
             var predictions = new SharedEngine(shared).Run(test, threads).Predictions;
             var select = mode == Planner.Exact ? (Func<LayerSharingRow, Cost.PlanCost?>)(r => r.Exact) : r => r.ExactSimilar;
             modes.Add(new ModeResult(mode, 1 - (report.Conv2d(select)!.Value / report.BaselineConv2d()), 1 - ((double)report.TapOps(select)!.Value / report.BaselineTapOps()),
@@ -117,8 +116,7 @@ internal static class ReproduceCommand
         }
     }
 
-    private static double Accuracy(int[] predictions, ImageSet images) =>
-        (double)predictions.Where((p, i) => p == images.Labels[i]).Count() / images.Count;
+    private static double Accuracy(int[] predictions, ImageSet images) => EngineExtensions.Accuracy(predictions, images);
 
     private static string Render(IReadOnlyList<Row> rows, double maxLoss)
     {

@@ -74,16 +74,14 @@ internal static class ShareCommand
             }
             else
             {
-                var plans = m.ConvLayers.Where(p => FilterCode.Supports(p.Layer)).ToDictionary(
-                    p => p.Index, p => chosen == Planner.Exact ? Planner.PlanExact(p.Layer) : Planner.PlanExactSimilar(p.Layer));
-                shared = m.WithPlans(plans);
+                shared = m.WithPlans(Planner.PlanModel(m, chosen));
                 report = SharingReport.Build(m);
                 if (validation is not null)
                 {
                     // Lossless by construction; measured anyway so the claim is checked on real data every run.
                     var dense = new PackedEngine(m).Run(validation, t).Predictions;
                     var viaPlan = new SharedEngine(shared).Run(validation, t).Predictions;
-                    double Acc(int[] p) => (double)p.Where((v, i) => v == validation.Labels[i]).Count() / validation.Count;
+                    double Acc(int[] p) => EngineExtensions.Accuracy(p, validation);
                     accuracy = new SharingAccuracy(null, null, Acc(dense), Acc(viaPlan));
                     io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"validation: dense {Acc(dense):P2}, shared {Acc(viaPlan):P2}, {dense.Where((p, i) => p != viaPlan[i]).Count()} predictions differ"));

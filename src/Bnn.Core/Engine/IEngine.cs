@@ -36,6 +36,22 @@ public static class EngineExtensions
         return best;
     }
 
+    /// <summary>How many predictions equal the images' labels.</summary>
+    public static int CountCorrect(ReadOnlySpan<int> predictions, ImageSet images)
+    {
+        ArgumentNullException.ThrowIfNull(images);
+        int correct = 0;
+        for (int i = 0; i < predictions.Length; i++)
+        {
+            correct += predictions[i] == images.Labels[i] ? 1 : 0;
+        }
+        return correct;
+    }
+
+    /// <summary>The fraction of predictions that equal the images' labels.</summary>
+    public static double Accuracy(ReadOnlySpan<int> predictions, ImageSet images) =>
+        (double)CountCorrect(predictions, images) / images.Count;
+
     /// <summary>Scores every image and returns (scores, predictions).</summary>
     public static (int[] Scores, int[] Predictions) Run(this IEngine engine, ImageSet images, int threads = 1)
     {

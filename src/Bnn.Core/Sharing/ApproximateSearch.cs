@@ -131,8 +131,7 @@ public static class ApproximateSearch
     public static double Accuracy(BnnModel model, ImageSet images, int threads)
     {
         ArgumentNullException.ThrowIfNull(images);
-        var predictions = new PackedEngine(model).Run(images, threads).Predictions;
-        return (double)predictions.Where((p, i) => p == images.Labels[i]).Count() / images.Count;
+        return EngineExtensions.Accuracy(new PackedEngine(model).Run(images, threads).Predictions, images);
     }
 
     /// <summary>Fraction of 2-D convolutions in the conv layers saved by exact-similar plans on <paramref name="changed"/>'s weights.</summary>

@@ -28,6 +28,19 @@ public static class Planner
         return Build(layer, ExactSimilar, classes => MinimumForest(classes, n));
     }
 
+    /// <summary>Plans every decomposable conv layer of <paramref name="model"/> with a lossless mode.</summary>
+    public static Dictionary<int, LayerPlan> PlanModel(BnnModel model, string mode)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        Func<ConvLayer, LayerPlan> plan = mode switch
+        {
+            Exact => PlanExact,
+            ExactSimilar => PlanExactSimilar,
+            _ => throw new ArgumentException($"'{mode}' is not a lossless mode", nameof(mode)),
+        };
+        return model.ConvLayers.Where(p => FilterCode.Supports(p.Layer)).ToDictionary(p => p.Index, p => plan(p.Layer));
+    }
+
     /// <summary>
     /// Prim's algorithm from the virtual root. Returns parent indices into <paramref name="classes"/> (−1 = root) in
     /// the order the classes were added, so parents precede children; <paramref name="classes"/> is reordered to match.

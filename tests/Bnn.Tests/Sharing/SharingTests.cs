@@ -41,8 +41,7 @@ public sealed class SharingTests
         return new ConvLayer(c.OutChannels, c.InChannels, c.KernelH, c.KernelW, c.Stride, c.Padding, c.PadValue, c.IsInputLayer, w, c.Norm);
     }
 
-    private static BnnModel Planned(BnnModel model, string mode) => model.WithPlans(model.ConvLayers.ToDictionary(
-        p => p.Index, p => mode == Planner.Exact ? Planner.PlanExact(p.Layer) : Planner.PlanExactSimilar(p.Layer)));
+    private static BnnModel Planned(BnnModel model, string mode) => model.WithPlans(Planner.PlanModel(model, mode));
 
     [Theory]
     [InlineData(Planner.Exact, 1, 1)]
