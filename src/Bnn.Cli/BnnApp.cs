@@ -47,6 +47,9 @@ public static class BnnApp
         CheckpointCommands.Fidelity(io),
         ReproduceCommand.Create(io),
         ReportCommand.Create(io),
+        OnnxCommands.Import(io),
+        OnnxCommands.Export(io),
+        OnnxCommands.Check(io),
     ];
 
     /// <summary>Wraps a command body with the exit-code policy: clear one-line errors, no stack traces.</summary>

@@ -7,7 +7,7 @@ namespace Bnn.Cli;
 /// <summary>Options several commands share, and how they are turned into objects.</summary>
 internal static class CommonOptions
 {
-    public static Option<string> Model() => new("--model") { Description = "model file (.bnn)", Required = true };
+    public static Option<string> Model() => new("--model") { Description = "model file (.bnn, or .onnx imported on the fly)", Required = true };
 
     public static Option<string> Data(bool required = true) => new("--data") { Description = "directory with the dataset files", Required = required };
 
@@ -25,7 +25,10 @@ internal static class CommonOptions
 
     public static Option<string?> Json() => new("--json") { Description = "also write the results as JSON to this file" };
 
-    public static BnnModel LoadModel(string path) => ModelFile.Load(path);
+    /// <summary>Loads our model file, or imports an ONNX file (by its .onnx extension) in memory.</summary>
+    public static BnnModel LoadModel(string path) => IsOnnx(path) ? Onnx.OnnxImporter.Import(path) : ModelFile.Load(path);
+
+    public static bool IsOnnx(string path) => path.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase);
 
     public static ImageSet LoadImages(string dataset, string dir, string split, string? file, int? limit)
     {

@@ -11,7 +11,7 @@ namespace Bnn.Cli;
 
 internal static class EvalCommand
 {
-    public static IReadOnlyList<string> EngineNames { get; } = ["reference", "fast", "shared"];
+    public static IReadOnlyList<string> EngineNames { get; } = ["reference", "fast", "shared", "onnxruntime"];
 
     public static Command Create(CliIo io)
     {
@@ -41,7 +41,7 @@ internal static class EvalCommand
             {
                 throw new UsageException($"--popcount {k} is not supported on this machine (supported: {string.Join(", ", XorPopCount.Supported)})");
             }
-            IEngine e = parse.GetValue(engine) == "fast" ? new PackedEngine(m, k) : CreateEngine(parse.GetValue(engine)!, m);
+            IEngine e = parse.GetValue(engine) == "fast" ? new PackedEngine(m, k) : CreateEngine(parse.GetValue(engine)!, m, modelPath);
             var clock = Stopwatch.StartNew();
             var predictions = RunWithProgress(io, e, images, t);
             double seconds = clock.Elapsed.TotalSeconds;
@@ -103,11 +103,13 @@ internal static class EvalCommand
         return Enumerable.Range(0, images.Count).Select(i => EngineExtensions.ArgMax(scores.AsSpan(i * classes, classes))).ToArray();
     }
 
-    public static IEngine CreateEngine(string name, Model.BnnModel model) => name switch
+    /// <summary>An engine by name; onnxruntime runs the ONNX file itself, or the ONNX export of a .bnn model.</summary>
+    public static IEngine CreateEngine(string name, Model.BnnModel model, string modelPath) => name switch
     {
         "reference" => new ReferenceEngine(model),
         "fast" => new PackedEngine(model),
         "shared" => new SharedEngine(model),
+        "onnxruntime" => new Onnx.OnnxRuntimeEngine(model, CommonOptions.IsOnnx(modelPath) ? System.IO.File.ReadAllBytes(modelPath) : Onnx.OnnxExporter.ToBytes(model)),
         _ => throw new UsageException($"unknown engine '{name}' (expected one of: {string.Join(", ", EngineNames)})"),
     };
 }

@@ -68,7 +68,7 @@ internal static class ReproduceCommand
 
     private static Row Reproduce(CliIo io, string path, string dataset, string dataDir, double maxLoss, int maxRadius, int? limit, int threads, string? outDir)
     {
-        var model = ModelFile.Load(path);
+        var model = CommonOptions.LoadModel(path);
         var test = CommonOptions.LoadImages(dataset, dataDir, "test", null, limit);
         ImageSet? lossless = dataset == "cifar10" && File.Exists(Path.Combine(dataDir, LosslessTest)) ? Cifar10.LoadFile(Path.Combine(dataDir, LosslessTest)) : null;
         var (train, validation) = Datasets.HoldOut(Datasets.Load(dataset, dataDir, "train"));

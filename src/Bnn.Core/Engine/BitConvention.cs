@@ -13,8 +13,10 @@ namespace Bnn.Engine;
 /// where n counts only valid (non-padding) bits. This is XNOR-popcount written with XOR.</para>
 /// <para><b>Inverse filters.</b> With w̄ the complement of w on the n valid bits, popcount(x ⊕ w̄) = n − popcount(x ⊕ w),
 /// so Σ xᵢ(−wᵢ) = −Σ xᵢwᵢ: an inverse filter's result is the negated result, at no cost.</para>
-/// <para><b>Spatial padding.</b> A binary conv pads with a declared ±1 value, so padded taps are ordinary bits: 0 for
-/// +1, and for −1 the valid channel bits set to 1 (padding bits still 0). No zero-padding correction is needed.</para>
+/// <para><b>Spatial padding.</b> A binary conv pads with a declared value. For ±1 (what our trainer uses) padded taps
+/// are ordinary bits: 0 for +1, and for −1 the valid channel bits set to 1 (padding bits still 0), and no correction is
+/// needed. For 0 (ONNX Conv's zero padding, in imported models) padded taps are filled as +1 and the excess
+/// Σ over padded taps of w·1 is subtracted from each border accumulator afterwards, which is exact.</para>
 /// <para><b>Max-pool.</b> max of ±1 values is +1 if any is +1, i.e. the result bit is the AND of the bits.</para>
 /// </summary>
 public static class BitConvention
@@ -28,10 +30,10 @@ public static class BitConvention
     /// <summary>The bit of value <paramref name="v"/> (+1 → 0, −1 → 1).</summary>
     public static ulong Bit(int v) => v < 0 ? 1UL : 0UL;
 
-    /// <summary>The word a pad value fills a pixel with, for word <paramref name="word"/> of <paramref name="channels"/>.</summary>
+    /// <summary>The word a pad value fills a pixel with (0 is filled as +1 and corrected later), for word <paramref name="word"/> of <paramref name="channels"/>.</summary>
     public static ulong PadWord(int padValue, int channels, int word)
     {
-        if (padValue > 0)
+        if (padValue >= 0)
         {
             return 0;
         }

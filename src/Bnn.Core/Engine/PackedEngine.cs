@@ -211,7 +211,7 @@ internal sealed class InputConvStep : PackedStep
                         bool inside = iy >= 0 && iy < inShape.Height && ix >= 0 && ix < inShape.Width;
                         for (int c = 0; c < layer.InChannels; c++)
                         {
-                            patch[t++] = inside ? PixelCode.Encode(pixels[(c * plane) + (iy * inShape.Width) + ix]) : 0;
+                            patch[t++] = inside ? layer.PixelLevel(c, pixels[(c * plane) + (iy * inShape.Width) + ix]) : 0;
                         }
                     }
                 }
@@ -254,6 +254,7 @@ internal sealed class BinaryConvStep : PackedStep
     private readonly PopCountKernel kernel;
     private readonly ulong[] weights; // (K, ky, kx, words)
     private readonly ulong[] padPixel;
+    private readonly int[]? zeroPadCorrection; // position-major (Ho·Wo, K); null unless the layer pads with 0
     private readonly int inWords;
     private readonly int outWords;
     private readonly int paddedWidth;
@@ -275,6 +276,45 @@ internal sealed class BinaryConvStep : PackedStep
             padPixel[w] = BitConvention.PadWord(layer.PadValue, inShape.Channels, w);
         }
         weights = PackFilters(layer, inWords);
+        if (layer.Padding > 0 && layer.PadValue == 0)
+        {
+            zeroPadCorrection = ZeroPadCorrection(layer, inShape, outShape);
+        }
+    }
+
+    /// <summary>
+    /// Zero padding is run as +1 padding (bit 0), which adds w to the sum for every padded tap; this is that excess per
+    /// output position and filter, subtracted after the popcount. It is nonzero only at the borders.
+    /// </summary>
+    private static int[] ZeroPadCorrection(ConvLayer layer, Shape inShape, Shape outShape)
+    {
+        var excess = new int[outShape.Height * outShape.Width * layer.OutChannels];
+        for (int oy = 0; oy < outShape.Height; oy++)
+        {
+            for (int ox = 0; ox < outShape.Width; ox++)
+            {
+                for (int ky = 0; ky < layer.KernelH; ky++)
+                {
+                    int iy = (oy * layer.Stride) + ky - layer.Padding;
+                    for (int kx = 0; kx < layer.KernelW; kx++)
+                    {
+                        int ix = (ox * layer.Stride) + kx - layer.Padding;
+                        if (iy >= 0 && iy < inShape.Height && ix >= 0 && ix < inShape.Width)
+                        {
+                            continue;
+                        }
+                        for (int k = 0; k < layer.OutChannels; k++)
+                        {
+                            for (int c = 0; c < layer.InChannels; c++)
+                            {
+                                excess[(((oy * outShape.Width) + ox) * layer.OutChannels) + k] += layer.Weight(k, c, ky, kx);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return excess;
     }
 
     /// <summary>Packs filters into (K, ky, kx, words) order, padding bits 0.</summary>
@@ -331,6 +371,13 @@ internal sealed class BinaryConvStep : PackedStep
                     }
                     dst[k] = n - (2 * pop);
                 }
+            }
+        }
+        if (zeroPadCorrection is not null)
+        {
+            for (int i = 0; i < zeroPadCorrection.Length; i++)
+            {
+                acc[i] -= zeroPadCorrection[i];
             }
         }
     }

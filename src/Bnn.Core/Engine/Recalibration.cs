@@ -44,8 +44,7 @@ public static class Recalibration
                 }
                 layers[l] = layers[l] switch
                 {
-                    ConvLayer c => new ConvLayer(c.OutChannels, c.InChannels, c.KernelH, c.KernelW, c.Stride, c.Padding, c.PadValue,
-                        c.IsInputLayer, c.Weights, c.Norm with { Mean = mean, Variance = variance }),
+                    ConvLayer c => c.With(c.Weights, c.Norm with { Mean = mean, Variance = variance }),
                     DenseLayer d => new DenseLayer(d.InFeatures, d.OutFeatures, d.Weights, d.Norm with { Mean = mean, Variance = variance }),
                     _ => throw new InvalidOperationException(),
                 };

@@ -101,10 +101,7 @@ public sealed class SharedEngine : IEngine
     private int[] ScoreImage(ReadOnlySpan<byte> pixels, OpCounts? counts)
     {
         var x = new int[pixels.Length];
-        for (int i = 0; i < x.Length; i++)
-        {
-            x[i] = PixelCode.Encode(pixels[i]);
-        }
+        PixelCode.EncodeImage((ConvLayer)Model.Layers[0], pixels, x);
         for (int l = 0; l < Model.Layers.Count; l++)
         {
             var inShape = Model.InputShapes[l];

@@ -9,6 +9,9 @@ internal static class ArchitectureJson
 {
     public const string PixelEncoding = "pixel_code_2p_minus_255";
 
+    // Imported models carry their own per-channel levels in the I32 tensor input.levels [C, 256].
+    public const string LevelsEncoding = "pixel_levels";
+
     public static string Write(BnnModel model, List<SafeTensors.Entry> tensors)
     {
         using var stream = new MemoryStream();
@@ -19,7 +22,12 @@ internal static class ArchitectureJson
             w.WriteNumber("channels", model.Input.Channels);
             w.WriteNumber("height", model.Input.Height);
             w.WriteNumber("width", model.Input.Width);
-            w.WriteString("encoding", PixelEncoding);
+            var levels = ((ConvLayer)model.Layers[0]).PixelLevels;
+            w.WriteString("encoding", levels is null ? PixelEncoding : LevelsEncoding);
+            if (levels is not null)
+            {
+                tensors.Add(SafeTensors.I32("input.levels", levels, model.Input.Channels, 256));
+            }
             w.WriteEndObject();
             w.WriteStartArray("layers");
             for (int i = 0; i < model.Layers.Count; i++)
@@ -79,11 +87,16 @@ internal static class ArchitectureJson
     {
         var input = root.GetProperty("input");
         var encoding = input.GetProperty("encoding").GetString();
-        if (encoding != PixelEncoding)
+        if (encoding is not (PixelEncoding or LevelsEncoding))
         {
             throw new Data.BnnDataException($"{source}: unsupported input encoding '{encoding}'");
         }
         var shape = new Shape(input.GetProperty("channels").GetInt32(), input.GetProperty("height").GetInt32(), input.GetProperty("width").GetInt32());
+        if (shape.Channels is <= 0 or > 4096)
+        {
+            throw new Data.BnnDataException($"{source}: input channels {shape.Channels} out of range");
+        }
+        int[]? levels = encoding == LevelsEncoding ? SafeTensors.ToI32(file.Get("input.levels", "I32", shape.Channels, 256)) : null;
         var layers = new List<Layer>();
         var plans = new Dictionary<int, LayerPlan>();
         int i = 0;
@@ -97,7 +110,7 @@ internal static class ArchitectureJson
             }
             Layer layer = type switch
             {
-                "conv" => Conv(l, file, prefix, source),
+                "conv" => Conv(l, file, prefix, source, i == 0 ? levels : null),
                 "maxpool" => new MaxPoolLayer(l.GetProperty("size").GetInt32()),
                 "dense" => Dense(l, file, prefix, source),
                 "output" => Output(l, file, prefix, source),
@@ -139,7 +152,7 @@ internal static class ArchitectureJson
             assign.Select(a => a >> 1).ToArray(), assign.Select(a => (sbyte)((a & 1) == 1 ? -1 : 1)).ToArray());
     }
 
-    private static ConvLayer Conv(JsonElement l, SafeTensors.File file, string prefix, string source)
+    private static ConvLayer Conv(JsonElement l, SafeTensors.File file, string prefix, string source, int[]? levels)
     {
         int k = Positive(l, "out_channels", source), c = Positive(l, "in_channels", source);
         var kernel = l.GetProperty("kernel").EnumerateArray().Select(v => v.GetInt32()).ToArray();
@@ -150,7 +163,7 @@ internal static class ArchitectureJson
         int taps = checked(c * kernel[0] * kernel[1]);
         var weights = Signs(file, prefix + "weight", k, taps, source);
         return new ConvLayer(k, c, kernel[0], kernel[1], l.GetProperty("stride").GetInt32(), l.GetProperty("padding").GetInt32(),
-            l.GetProperty("pad_value").GetInt32(), l.GetProperty("input_layer").GetBoolean(), weights, Norm(l, file, prefix, k));
+            l.GetProperty("pad_value").GetInt32(), l.GetProperty("input_layer").GetBoolean(), weights, Norm(l, file, prefix, k), levels);
     }
 
     private static DenseLayer Dense(JsonElement l, SafeTensors.File file, string prefix, string source)

@@ -109,10 +109,11 @@ public sealed class BnnModel
                     {
                         Fail($"{at}: non-positive size or stride, or negative padding");
                     }
-                    if (c.IsInputLayer ? c.PadValue != 0 : c.PadValue is not (1 or -1))
+                    if (c.IsInputLayer ? c.PadValue != 0 : c.PadValue is not (1 or -1 or 0))
                     {
-                        Fail($"{at}: pad value {c.PadValue} invalid (0 for the input layer, ±1 otherwise)");
+                        Fail($"{at}: pad value {c.PadValue} invalid (0 for the input layer, ±1 or 0 otherwise)");
                     }
+                    CheckPixelLevels(at, c);
                     CheckWeights(at, c.Weights, (long)c.OutChannels * c.TapsPerOutput);
                     CheckNorm(at, c.Norm, c.OutChannels);
                     int ho = c.OutputHeight(shape.Height), wo = c.OutputWidth(shape.Width);
@@ -179,6 +180,28 @@ public sealed class BnnModel
             {
                 Fail($"{at}: weight {i} is {weights[i]}, not ±1");
             }
+        }
+    }
+
+    // Levels bound the input layer's accumulator: |Σ w·level| ≤ max|level|·C·kh·kw must stay inside int32.
+    private void CheckPixelLevels(string at, ConvLayer c)
+    {
+        if (c.PixelLevels is not { } levels)
+        {
+            return;
+        }
+        if (!c.IsInputLayer)
+        {
+            Fail($"{at}: only the input layer has pixel levels");
+        }
+        if (levels.Length != c.InChannels * 256)
+        {
+            Fail($"{at}: pixel levels hold {levels.Length} values, expected {c.InChannels}x256");
+        }
+        long max = levels.Max(v => Math.Abs((long)v));
+        if (max * c.TapsPerOutput >= 1L << 30)
+        {
+            Fail($"{at}: pixel levels up to {max} could overflow the accumulator over {c.TapsPerOutput} taps");
         }
     }
 

@@ -8,6 +8,39 @@ public sealed record BatchNormParameters(float[] Gamma, float[] Beta, float[] Me
 {
     /// <summary>Number of channels.</summary>
     public int Count => Gamma.Length;
+
+    /// <summary>
+    /// Batch norm that folds to exactly the given integer thresholds (see <see cref="Threshold"/>): γ = ±1 (−1 where
+    /// flipped), β = 0, σ² = 1, ε = 0 and μ = bound − ½, so t = bound − ½ and ⌈t⌉ = ⌊t⌋ + 1 = bound. A bound of
+    /// <see cref="int.MinValue"/> is a constant channel: γ = 0, β = −1 where flipped, else +1. Bounds must lie within
+    /// ±2^22 so that μ is exact in float32. Used for models imported with thresholds rather than batch norm.
+    /// </summary>
+    public static BatchNormParameters FromThreshold(IReadOnlyList<int> bound, IReadOnlyList<bool> flip)
+    {
+        ArgumentNullException.ThrowIfNull(bound);
+        ArgumentNullException.ThrowIfNull(flip);
+        int n = bound.Count;
+        var gamma = new float[n];
+        var beta = new float[n];
+        var mean = new float[n];
+        var variance = new float[n];
+        for (int j = 0; j < n; j++)
+        {
+            variance[j] = 1;
+            if (bound[j] == int.MinValue)
+            {
+                beta[j] = flip[j] ? -1 : 1;
+                continue;
+            }
+            if (Math.Abs((long)bound[j]) > 1 << 22)
+            {
+                throw new ArgumentOutOfRangeException(nameof(bound), $"bound {bound[j]} is outside ±2^22");
+            }
+            gamma[j] = flip[j] ? -1 : 1;
+            mean[j] = bound[j] - 0.5f;
+        }
+        return new BatchNormParameters(gamma, beta, mean, variance, 0);
+    }
 }
 
 /// <summary>One layer of a <see cref="BnnModel"/>.</summary>
@@ -19,15 +52,16 @@ public abstract class Layer
 
 /// <summary>
 /// A convolution followed by batch norm and sign. Weights are ±1, stored as <see cref="sbyte"/> in PyTorch order
-/// (K, C, kh, kw). When <see cref="IsInputLayer"/>, the input is the integer pixel code of <see cref="PixelCode"/>
-/// and padding is zero; otherwise the input is ±1 and padded with <see cref="PadValue"/> (±1), so that every tap of a
-/// binary conv is a ±1 product and the bit-packed engine needs no zero-padding correction.
+/// (K, C, kh, kw). When <see cref="IsInputLayer"/>, the input is an integer level per pixel value
+/// (<see cref="PixelLevel"/>; by default the code of <see cref="PixelCode"/>) and padding is level 0; otherwise the input
+/// is ±1 and padded with <see cref="PadValue"/>: ±1, as our trainer does, so every tap is a ±1 product, or 0, as ONNX
+/// Conv pads imported models (the packed engine then subtracts the padded taps' weights, see <c>BitConvention</c>).
 /// </summary>
 public sealed class ConvLayer : Layer
 {
     /// <summary>Creates a conv layer; validates shapes and values.</summary>
     public ConvLayer(int outChannels, int inChannels, int kernelH, int kernelW, int stride, int padding, int padValue,
-        bool isInputLayer, sbyte[] weights, BatchNormParameters norm)
+        bool isInputLayer, sbyte[] weights, BatchNormParameters norm, int[]? pixelLevels = null)
     {
         OutChannels = outChannels;
         InChannels = inChannels;
@@ -39,8 +73,22 @@ public sealed class ConvLayer : Layer
         IsInputLayer = isInputLayer;
         Weights = weights;
         Norm = norm;
+        PixelLevels = pixelLevels;
         Threshold = Threshold.Fold(norm);
     }
+
+    /// <summary>
+    /// For the input layer, the integer level of each pixel value per channel, (C, 256) row-major, or null for the
+    /// standard code <see cref="PixelCode.Encode"/>. Imported ONNX models carry their preprocessing here.
+    /// </summary>
+    public int[]? PixelLevels { get; }
+
+    /// <summary>The integer the input layer sees for pixel value <paramref name="p"/> on channel <paramref name="channel"/>.</summary>
+    public int PixelLevel(int channel, byte p) => PixelLevels is null ? PixelCode.Encode(p) : PixelLevels[(channel * 256) + p];
+
+    /// <summary>The same layer with other weights and batch norm (merging, recalibration).</summary>
+    public ConvLayer With(sbyte[] weights, BatchNormParameters norm) =>
+        new(OutChannels, InChannels, KernelH, KernelW, Stride, Padding, PadValue, IsInputLayer, weights, norm, PixelLevels);
 
     /// <inheritdoc/>
     public override string Kind => "conv";

@@ -13,4 +13,14 @@ public static class PixelCode
 
     /// <summary>The integer code of pixel value <paramref name="p"/>.</summary>
     public static int Encode(byte p) => (2 * p) - 255;
+
+    /// <summary>Writes the input layer's level of every pixel of a (C, H, W) image.</summary>
+    public static void EncodeImage(ConvLayer inputLayer, ReadOnlySpan<byte> pixels, Span<int> levels)
+    {
+        int plane = pixels.Length / inputLayer.InChannels;
+        for (int i = 0; i < pixels.Length; i++)
+        {
+            levels[i] = inputLayer.PixelLevel(i / plane, pixels[i]);
+        }
+    }
 }

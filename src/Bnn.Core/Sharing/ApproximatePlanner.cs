@@ -201,8 +201,7 @@ public static class ApproximatePlanner
                 }
             }
         }
-        var result = new ConvLayer(layer.OutChannels, layer.InChannels, layer.KernelH, layer.KernelW, layer.Stride, layer.Padding,
-            layer.PadValue, layer.IsInputLayer, weights, layer.Norm);
+        var result = layer.With(weights, layer.Norm);
         return (result, optimal);
     }
 }

@@ -60,6 +60,8 @@ public sealed class EngineEquivalenceTests
             data.Add(engine, 11, 2, 1, -1, 5);
             data.Add(engine, 12, 2, 1, 1, 6);
             data.Add(engine, 13, 1, 2, -1, 7);
+            data.Add(engine, 7, 1, 1, 0, 8); // zero padding, as imported ONNX convs pad
+            data.Add(engine, 12, 2, 2, 0, 9);
         }
         return data;
     }

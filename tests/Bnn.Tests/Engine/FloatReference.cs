@@ -13,9 +13,11 @@ internal static class FloatReference
     public static double[] Scores(BnnModel model, ReadOnlySpan<byte> pixels)
     {
         var x = new double[pixels.Length];
+        var first = (ConvLayer)model.Layers[0];
+        int plane = pixels.Length / model.Input.Channels;
         for (int i = 0; i < x.Length; i++)
         {
-            x[i] = (2.0 * pixels[i]) - 255.0;
+            x[i] = first.PixelLevels is { } levels ? levels[((i / plane) * 256) + pixels[i]] : (2.0 * pixels[i]) - 255.0;
         }
         for (int l = 0; l < model.Layers.Count; l++)
         {

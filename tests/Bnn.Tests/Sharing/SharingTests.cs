@@ -38,7 +38,7 @@ public sealed class SharingTests
                 }
             }
         }
-        return new ConvLayer(c.OutChannels, c.InChannels, c.KernelH, c.KernelW, c.Stride, c.Padding, c.PadValue, c.IsInputLayer, w, c.Norm);
+        return c.With(w, c.Norm);
     }
 
     private static BnnModel Planned(BnnModel model, string mode) => model.WithPlans(Planner.PlanModel(model, mode));
@@ -48,6 +48,7 @@ public sealed class SharingTests
     [InlineData(Planner.Exact, 2, -1)]
     [InlineData(Planner.ExactSimilar, 3, 1)]
     [InlineData(Planner.ExactSimilar, 4, -1)]
+    [InlineData(Planner.ExactSimilar, 5, 0)]
     public void SharedEngine_LosslessPlans_AreBitIdenticalToDenseEngines(string mode, int seed, int padValue)
     {
         var model = Planned(ClusteredModel(seed, padValue), mode);

@@ -29,10 +29,7 @@ public sealed class ReferenceEngine(BnnModel model) : IEngine
     public int[] ScoreImage(ReadOnlySpan<byte> pixels)
     {
         var x = new int[pixels.Length];
-        for (int i = 0; i < pixels.Length; i++)
-        {
-            x[i] = PixelCode.Encode(pixels[i]);
-        }
+        PixelCode.EncodeImage((ConvLayer)Model.Layers[0], pixels, x);
         for (int l = 0; l < Model.Layers.Count; l++)
         {
             var inShape = Model.InputShapes[l];
