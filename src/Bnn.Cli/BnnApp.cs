@@ -50,6 +50,7 @@ public static class BnnApp
         OnnxCommands.Import(io),
         OnnxCommands.Export(io),
         OnnxCommands.Check(io),
+        BenchCommand.Create(io),
     ];
 
     /// <summary>Wraps a command body with the exit-code policy: clear one-line errors, no stack traces.</summary>

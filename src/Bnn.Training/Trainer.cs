@@ -95,42 +95,16 @@ public static class Trainer
                 group.LearningRate = lr;
             }
             var rng = new Random(HashCode.Combine(seed, epoch));
-            var order = Enumerable.Range(0, train.Count).ToArray();
-            rng.Shuffle(order);
-            var input = new float[batchSize * train.ImageSize];
-            var labels = new long[batchSize];
-            double lossSum = 0;
-            long correct = 0;
-            net.train();
-            for (int b = 0; b < batches; b++)
-            {
-                using var scope = torch.NewDisposeScope();
-                FillBatch(train, order.AsSpan(b * batchSize, batchSize), options.Augment ? rng : null, input, labels);
-                using var x = tensor(input, [batchSize, train.Channels, train.Height, train.Width]);
-                using var y = tensor(labels);
-                var logits = net.forward(x);
-                var loss = nn.functional.cross_entropy(logits, y);
-                optimizer.zero_grad();
-                loss.backward();
-                optimizer.step();
-                net.ClipLatentWeights();
-                lossSum += loss.item<float>();
-                correct += logits.argmax(1).eq(y).sum().item<long>();
-                if (b % GcEverySteps == GcEverySteps - 1)
-                {
-                    // Tensors left to finalizers keep native memory alive; an explicit collection keeps RSS flat.
-                    GC.Collect();
-                }
-                if (progress is not null)
+            var (trainLoss, trainAccuracy) = TrainEpoch(net, optimizer, train, batchSize, batches, options.Augment ? rng : null, rng, null,
+                progress is null ? null : (b, loss, accuracy) =>
                 {
                     double done = (b + 1.0) / batches;
                     var eta = TimeSpan.FromSeconds(epochClock.Elapsed.TotalSeconds / done * (1 - done + (epochs - epoch - 1)));
-                    progress.Report(new TrainProgress(epoch + 1, epochs, b + 1, batches, lossSum / (b + 1), (double)correct / ((b + 1) * batchSize), eta));
-                }
-            }
+                    progress.Report(new TrainProgress(epoch + 1, epochs, b + 1, batches, loss, accuracy, eta));
+                });
             var (valLoss, valAccuracy) = Evaluate(net, validation);
             var record = new EpochRecord(
-                epoch + 1, lossSum / batches, (double)correct / (batches * batchSize), valLoss, valAccuracy, lr,
+                epoch + 1, trainLoss, trainAccuracy, valLoss, valAccuracy, lr,
                 epochClock.Elapsed.TotalSeconds, wallBefore + wall.Elapsed.TotalSeconds,
                 Process.GetCurrentProcess().PeakWorkingSet64 / (1024.0 * 1024.0));
             history.Add(record);
@@ -157,6 +131,46 @@ public static class Trainer
             ModelFile.Save(Exporter.FromCheckpoint(bestPath), options.Out);
         }
         return new TrainResult(latestPath, bestPath, logPath, history, bestEpoch);
+    }
+
+    /// <summary>
+    /// One epoch of training over a shuffled <paramref name="train"/>: per step a dispose scope, the latent-weight clip
+    /// and then <paramref name="afterStep"/> (the fine-tuner's weight tying); a collection every 50 steps keeps RSS
+    /// flat. Returns the mean loss and accuracy over the epoch.
+    /// </summary>
+    internal static (double Loss, double Accuracy) TrainEpoch(BinaryNetwork net, optim.Optimizer optimizer, ImageSet train, int batchSize,
+        int batches, Random? augment, Random shuffle, Action? afterStep, Action<int, double, double>? report)
+    {
+        var order = Enumerable.Range(0, train.Count).ToArray();
+        shuffle.Shuffle(order);
+        var input = new float[batchSize * train.ImageSize];
+        var labels = new long[batchSize];
+        double lossSum = 0;
+        long correct = 0;
+        net.train();
+        for (int b = 0; b < batches; b++)
+        {
+            using var scope = torch.NewDisposeScope();
+            FillBatch(train, order.AsSpan(b * batchSize, batchSize), augment, input, labels);
+            using var x = tensor(input, [batchSize, train.Channels, train.Height, train.Width]);
+            using var y = tensor(labels);
+            var logits = net.forward(x);
+            var loss = nn.functional.cross_entropy(logits, y);
+            optimizer.zero_grad();
+            loss.backward();
+            optimizer.step();
+            net.ClipLatentWeights();
+            afterStep?.Invoke();
+            lossSum += loss.item<float>();
+            correct += logits.argmax(1).eq(y).sum().item<long>();
+            if (b % GcEverySteps == GcEverySteps - 1)
+            {
+                // Tensors left to finalizers keep native memory alive; an explicit collection keeps RSS flat.
+                GC.Collect();
+            }
+            report?.Invoke(b, lossSum / (b + 1), (double)correct / ((b + 1) * batchSize));
+        }
+        return (lossSum / batches, (double)correct / (batches * batchSize));
     }
 
     /// <summary>

@@ -1,3 +1,5 @@
+using Bnn.Cost;
+using Bnn.Training;
 using System.CommandLine;
 using System.Globalization;
 using Bnn.Data;
@@ -20,13 +22,17 @@ internal static class ShareCommand
         var maxRadius = new Option<int>("--max-radius") { Description = "approximate, auto: largest radius tried", DefaultValueFactory = _ => 2 };
         var data = CommonOptions.Data(required: false);
         var dataset = CommonOptions.Dataset();
+        var finetuneEpochs = new Option<int>("--finetune-epochs") { Description = "approximate: epochs of sharing-aware fine-tuning after merging (needs --checkpoint)", DefaultValueFactory = _ => 0 };
+        var finetuneLr = new Option<double>("--finetune-lr") { Description = "approximate: peak learning rate of the fine-tuning (cosine to 0)", DefaultValueFactory = _ => 2e-4 };
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "approximate: the training checkpoint the model was exported from (latent weights for fine-tuning)" };
+        var steiner = new Option<bool>("--steiner") { Description = "exact-similar: also try unused codes as intermediates (CP-SAT Steiner forests) and report the gain over the MST" };
         var calibration = new Option<int>("--calibration") { Description = "approximate: training images used to recalibrate batch norm (0: off)", DefaultValueFactory = _ => 2000 };
         var output = new Option<string>("--out") { Description = "model file to write, carrying its plans", Required = true };
         var threads = CommonOptions.Threads();
         var json = CommonOptions.Json();
         var command = new Command("share", "Plan convolution result sharing and write a model that carries its plan")
         {
-            model, mode, maxLoss, radius, maxRadius, data, dataset, calibration, output, threads, json,
+            model, mode, maxLoss, radius, maxRadius, data, dataset, calibration, finetuneEpochs, finetuneLr, checkpoint, steiner, output, threads, json,
         };
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
@@ -36,11 +42,12 @@ internal static class ShareCommand
             var m = CommonOptions.LoadModel(modelPath);
             var chosen = parse.GetValue(mode)!;
             string? dataDir = parse.GetValue(data);
-            ImageSet? validation = null, calibrationSet = null;
+            ImageSet? validation = null, calibrationSet = null, trainSet = null;
             if (dataDir is not null)
             {
                 var (train, val) = Datasets.HoldOut(Datasets.Load(parse.GetValue(dataset)!, dataDir, "train"));
                 validation = val;
+                trainSet = train;
                 int calibrate = parse.GetValue(calibration);
                 calibrationSet = calibrate > 0 ? train.Take(calibrate) : null;
             }
@@ -48,6 +55,12 @@ internal static class ShareCommand
             SharingReport report;
             SharingAccuracy? accuracy = null;
             IReadOnlyDictionary<int, int>? radii = null;
+            FineTuneResult? finetuned = null;
+            int epochs = parse.GetValue(finetuneEpochs);
+            if (epochs < 0 || (epochs > 0 && (chosen != ApproximatePlanner.Mode || parse.GetValue(checkpoint) is null)))
+            {
+                throw new UsageException("--finetune-epochs needs --mode approximate and --checkpoint, and must be ≥ 0");
+            }
             if (chosen == ApproximatePlanner.Mode)
             {
                 if (validation is null)
@@ -67,15 +80,38 @@ internal static class ShareCommand
                     new ActionProgress<string>(line => io.Err.WriteLine(line)));
                 shared = result.Model;
                 radii = result.Radii;
-                report = SharingReport.Build(m, shared);
-                accuracy = new SharingAccuracy(null, null, result.BaselineAccuracy, result.RecalibratedAccuracy ?? result.MergedAccuracy);
                 io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"radii: {string.Join(", ", result.Radii.Select(p => $"conv{p.Key}={p.Value}"))}; validation accuracy {result.BaselineAccuracy:P2} -> merged {result.MergedAccuracy:P2} -> recalibrated {(result.RecalibratedAccuracy is double ra ? ra.ToString("P2", CultureInfo.InvariantCulture) : "-")}"));
+                double sharedAccuracy = result.RecalibratedAccuracy ?? result.MergedAccuracy;
+                if (epochs > 0)
+                {
+                    finetuned = SharingFineTuner.Run(parse.GetValue(checkpoint)!, m, shared, trainSet!, validation, epochs, parse.GetValue(finetuneLr), t,
+                        log: new ActionProgress<string>(line => io.Err.WriteLine(line)));
+                    // The class structure is kept by construction; the plans are rebuilt over the fine-tuned codes.
+                    shared = finetuned.Model.WithPlans(Planner.PlanModel(finetuned.Model, Planner.ExactSimilar));
+                    sharedAccuracy = finetuned.ValidationAfter;
+                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"fine-tuned {epochs} epochs: validation accuracy {finetuned.ValidationBefore:P2} -> {finetuned.ValidationAfter:P2} (best epoch {finetuned.BestEpoch})"));
+                }
+                report = SharingReport.Build(m, shared);
+                accuracy = new SharingAccuracy(null, null, result.BaselineAccuracy, sharedAccuracy);
             }
             else
             {
-                shared = m.WithPlans(Planner.PlanModel(m, chosen));
+                if (parse.GetValue(steiner) && chosen != Planner.ExactSimilar)
+                {
+                    throw new UsageException("--steiner applies to --mode exact-similar");
+                }
+                shared = m.WithPlans(Planner.PlanModel(m, chosen, parse.GetValue(steiner)));
                 report = SharingReport.Build(m);
+                if (parse.GetValue(steiner))
+                {
+                    long mst = report.TapOps(r => r.ExactSimilar)!.Value;
+                    long withSteiner = shared.Plans.Sum(p => PlanCost.Of(p.Value, shared.OutputShapes[p.Key]).TapOps);
+                    long intermediates = shared.Plans.Sum(p => p.Value.Nodes.Count) - report.Rows.Sum(r => r.Analysis.DistinctClasses);
+                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"Steiner intermediates: {intermediates:N0} added; {withSteiner:N0} tap ops vs {mst:N0} for the MST plans ({(double)(mst - withSteiner) / mst:P2} fewer)"));
+                }
                 if (validation is not null)
                 {
                     // Lossless by construction; measured anyway so the claim is checked on real data every run.
@@ -95,6 +131,15 @@ internal static class ShareCommand
                 CommonOptions.WriteJson(jsonPath, w => SharingOutput.WriteJson(w, modelPath, report, accuracy, w2 =>
                 {
                     w2.WriteString("mode", chosen);
+                    if (finetuned is not null)
+                    {
+                        w2.WriteStartObject("finetune");
+                        w2.WriteNumber("epochs", finetuned.History.Count);
+                        w2.WriteNumber("best_epoch", finetuned.BestEpoch);
+                        w2.WriteNumber("validation_before", finetuned.ValidationBefore);
+                        w2.WriteNumber("validation_after", finetuned.ValidationAfter);
+                        w2.WriteEndObject();
+                    }
                     if (radii is not null)
                     {
                         w2.WriteStartObject("radius");

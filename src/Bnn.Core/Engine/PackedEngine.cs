@@ -70,18 +70,41 @@ public sealed class PackedEngine : IEngine
         shared.CopyTo(scores);
     }
 
-    /// <summary>Scores one image with the given workspace.</summary>
-    internal void ScoreImage(ReadOnlySpan<byte> pixels, Workspace ws, Span<int> scores)
+    /// <summary>
+    /// Seconds spent in each layer over <paramref name="count"/> images on one thread, for the per-layer roofline of
+    /// <c>bnn bench</c>.
+    /// </summary>
+    public double[] ProfileLayers(ImageSet images, int count)
+    {
+        ArgumentNullException.ThrowIfNull(images);
+        EngineExtensions.CheckInput(Model, images, 0, count, count * Model.Classes);
+        var ticks = new long[steps.Length];
+        var ws = Workspaces(1)[0];
+        var scores = new int[Model.Classes];
+        for (int i = 0; i < count; i++)
+        {
+            ScoreImage(images.Image(i), ws, scores, ticks);
+        }
+        return ticks.Select(t => (double)t / System.Diagnostics.Stopwatch.Frequency).ToArray();
+    }
+
+    /// <summary>Scores one image with the given workspace; with <paramref name="ticks"/>, adds each step's time.</summary>
+    internal void ScoreImage(ReadOnlySpan<byte> pixels, Workspace ws, Span<int> scores, long[]? ticks = null)
     {
         ReadOnlySpan<ulong> bits = default;
         for (int i = 0; i < steps.Length; i++)
         {
+            long start = ticks is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
             bits = steps[i] switch
             {
                 InputConvStep s => s.Run(pixels, ws.Buffers[i], ws.Accumulators),
                 DenseStep { IsOutput: true } s => s.RunScores(bits, scores),
                 var s => s.Run(bits, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
             };
+            if (ticks is not null)
+            {
+                ticks[i] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
+            }
         }
     }
 
@@ -162,7 +185,8 @@ internal sealed class InputConvStep : PackedStep
     private readonly ConvLayer layer;
     private readonly Shape inShape;
     private readonly Shape outShape;
-    private readonly int[] weights; // (K, ky, kx, c)
+    private readonly int[] weights; // (ky, kx, c, K padded to the vector width): one tap's filters are contiguous
+    private readonly int paddedK;
     private readonly int words;
 
     public InputConvStep(ConvLayer layer, Shape inShape, Shape outShape)
@@ -173,7 +197,9 @@ internal sealed class InputConvStep : PackedStep
         words = BitConvention.Words(outShape.Channels);
         OutputWords = outShape.Height * outShape.Width * words;
         int taps = layer.TapsPerOutput;
-        weights = new int[layer.OutChannels * taps];
+        int lanes = System.Numerics.Vector<int>.Count;
+        paddedK = (layer.OutChannels + lanes - 1) / lanes * lanes;
+        weights = new int[taps * paddedK];
         for (int k = 0; k < layer.OutChannels; k++)
         {
             for (int ky = 0; ky < layer.KernelH; ky++)
@@ -182,7 +208,7 @@ internal sealed class InputConvStep : PackedStep
                 {
                     for (int c = 0; c < layer.InChannels; c++)
                     {
-                        weights[(k * taps) + (((ky * layer.KernelW) + kx) * layer.InChannels) + c] = layer.Weight(k, c, ky, kx);
+                        weights[(((((ky * layer.KernelW) + kx) * layer.InChannels) + c) * paddedK) + k] = layer.Weight(k, c, ky, kx);
                     }
                 }
             }
@@ -191,12 +217,20 @@ internal sealed class InputConvStep : PackedStep
 
     public override int AccumulatorCount => outShape.Size;
 
-    /// <summary>Raw accumulators, position-major: acc[(oy·Wo + ox)·K + k].</summary>
+    /// <summary>
+    /// Raw accumulators, position-major: acc[(oy·Wo + ox)·K + k]. Vectorized across filters: each tap's level is
+    /// broadcast and multiplied into a vector of filters' sums, which stay in a register over all taps (levels are
+    /// bounded by the model's validation, so int32 lanes never overflow).
+    /// </summary>
     public void Accumulate(ReadOnlySpan<byte> pixels, Span<int> acc)
     {
         int taps = layer.TapsPerOutput;
-        Span<int> patch = taps <= 1024 ? stackalloc int[taps] : new int[taps];
         int plane = inShape.Height * inShape.Width;
+        Span<int> levels = pixels.Length <= 16384 ? stackalloc int[pixels.Length] : new int[pixels.Length];
+        PixelCode.EncodeImage(layer, pixels, levels);
+        Span<int> patch = taps <= 1024 ? stackalloc int[taps] : new int[taps];
+        Span<int> sums = paddedK <= 1024 ? stackalloc int[paddedK] : new int[paddedK];
+        int lanes = System.Numerics.Vector<int>.Count;
         for (int oy = 0; oy < outShape.Height; oy++)
         {
             for (int ox = 0; ox < outShape.Width; ox++)
@@ -211,15 +245,23 @@ internal sealed class InputConvStep : PackedStep
                         bool inside = iy >= 0 && iy < inShape.Height && ix >= 0 && ix < inShape.Width;
                         for (int c = 0; c < layer.InChannels; c++)
                         {
-                            patch[t++] = inside ? layer.PixelLevel(c, pixels[(c * plane) + (iy * inShape.Width) + ix]) : 0;
+                            patch[t++] = inside ? levels[(c * plane) + (iy * inShape.Width) + ix] : 0;
                         }
                     }
                 }
-                var dst = acc.Slice(((oy * outShape.Width) + ox) * layer.OutChannels, layer.OutChannels);
-                for (int k = 0; k < layer.OutChannels; k++)
+                // Filters in vector-wide blocks, each block's sums kept in a register across all taps.
+                ref int w0 = ref weights[0];
+                ref int sumRef = ref sums[0];
+                for (int k = 0; k < paddedK; k += lanes)
                 {
-                    dst[k] = Dot(patch, weights.AsSpan(k * taps, taps));
+                    var sum = System.Numerics.Vector<int>.Zero;
+                    for (t = 0; t < taps; t++)
+                    {
+                        sum += new System.Numerics.Vector<int>(patch[t]) * System.Numerics.Vector.LoadUnsafe(ref w0, (nuint)((t * paddedK) + k));
+                    }
+                    System.Numerics.Vector.StoreUnsafe(sum, ref sumRef, (nuint)k);
                 }
+                sums.Slice(0, layer.OutChannels).CopyTo(acc.Slice(((oy * outShape.Width) + ox) * layer.OutChannels, layer.OutChannels));
             }
         }
     }
@@ -231,15 +273,6 @@ internal sealed class InputConvStep : PackedStep
         return output;
     }
 
-    private static int Dot(ReadOnlySpan<int> a, ReadOnlySpan<int> b)
-    {
-        int sum = 0;
-        for (int i = 0; i < a.Length; i++)
-        {
-            sum += a[i] * b[i];
-        }
-        return sum;
-    }
 }
 
 /// <summary>
@@ -253,6 +286,7 @@ internal sealed class BinaryConvStep : PackedStep
     private readonly Shape outShape;
     private readonly PopCountKernel kernel;
     private readonly ulong[] weights; // (K, ky, kx, words)
+    private readonly ulong[]? blocked; // (⌈K/8⌉, ky·kx·words, 8) for the filter-blocked kernel
     private readonly ulong[] padPixel;
     private readonly int[]? zeroPadCorrection; // position-major (Ho·Wo, K); null unless the layer pads with 0
     private readonly int inWords;
@@ -276,6 +310,10 @@ internal sealed class BinaryConvStep : PackedStep
             padPixel[w] = BitConvention.PadWord(layer.PadValue, inShape.Channels, w);
         }
         weights = PackFilters(layer, inWords);
+        if (kernel == PopCountKernel.Avx512FilterBlocked)
+        {
+            blocked = FilterBlockedPopCount.Interleave(weights, layer.OutChannels, layer.KernelH * layer.KernelW * inWords);
+        }
         if (layer.Padding > 0 && layer.PadValue == 0)
         {
             zeroPadCorrection = ZeroPadCorrection(layer, inShape, outShape);
@@ -355,6 +393,55 @@ internal sealed class BinaryConvStep : PackedStep
         int rowWords = layer.KernelW * inWords;
         int perFilter = layer.KernelH * rowWords;
         int n = layer.TapsPerOutput;
+        if (blocked is not null)
+        {
+            AccumulateBlocked(src, rowWidth, rowWords, perFilter, n, acc);
+        }
+        else
+        {
+            AccumulatePerFilter(src, rowWidth, rowWords, perFilter, n, acc);
+        }
+        if (zeroPadCorrection is not null)
+        {
+            for (int i = 0; i < zeroPadCorrection.Length; i++)
+            {
+                acc[i] -= zeroPadCorrection[i];
+            }
+        }
+    }
+
+    /// <summary>Gathers each position's patch once and counts it against 8 filters per step.</summary>
+    private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc)
+    {
+        Span<ulong> patch = perFilter <= 512 ? stackalloc ulong[perFilter] : new ulong[perFilter];
+        Span<int> counts = stackalloc int[FilterBlockedPopCount.Block];
+        int k = layer.OutChannels;
+        int blockWords = perFilter * FilterBlockedPopCount.Block;
+        for (int oy = 0; oy < outShape.Height; oy++)
+        {
+            for (int ox = 0; ox < outShape.Width; ox++)
+            {
+                int baseIndex = (((oy * layer.Stride) * rowWidth) + (ox * layer.Stride)) * inWords;
+                for (int ky = 0; ky < layer.KernelH; ky++)
+                {
+                    src.Slice(baseIndex + (ky * rowWidth * inWords), rowWords).CopyTo(patch.Slice(ky * rowWords, rowWords));
+                }
+                var dst = acc.Slice(((oy * outShape.Width) + ox) * k, k);
+                for (int b = 0; b * FilterBlockedPopCount.Block < k; b++)
+                {
+                    FilterBlockedPopCount.Compute(patch, blocked.AsSpan(b * blockWords, blockWords), counts);
+                    int first = b * FilterBlockedPopCount.Block;
+                    for (int j = 0; j < FilterBlockedPopCount.Block && first + j < k; j++)
+                    {
+                        dst[first + j] = n - (2 * counts[j]);
+                    }
+                }
+            }
+        }
+    }
+
+    private void AccumulatePerFilter(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc)
+    {
         for (int oy = 0; oy < outShape.Height; oy++)
         {
             for (int ox = 0; ox < outShape.Width; ox++)
@@ -371,13 +458,6 @@ internal sealed class BinaryConvStep : PackedStep
                     }
                     dst[k] = n - (2 * pop);
                 }
-            }
-        }
-        if (zeroPadCorrection is not null)
-        {
-            for (int i = 0; i < zeroPadCorrection.Length; i++)
-            {
-                acc[i] -= zeroPadCorrection[i];
             }
         }
     }

@@ -20,22 +20,23 @@ public static class Planner
     /// Per channel, a minimum spanning arborescence over the classes plus a virtual root: the root edge costs n
     /// (compute from scratch) and a class-to-class edge costs d(u, v) (derive by correcting d taps). With symmetric
     /// edge costs this is an MST on classes ∪ {root}, which Prim's algorithm finds. It is optimal among plans whose
-    /// nodes are the present classes (no Steiner intermediates).
+    /// nodes are the present classes; with <paramref name="steiner"/>, unused codes may be added as intermediates where
+    /// CP-SAT finds a cheaper Steiner forest (<see cref="SteinerPlanner"/>).
     /// </summary>
-    public static LayerPlan PlanExactSimilar(ConvLayer layer)
+    public static LayerPlan PlanExactSimilar(ConvLayer layer, bool steiner = false)
     {
         int n = layer.KernelH * layer.KernelW;
-        return Build(layer, ExactSimilar, classes => MinimumForest(classes, n));
+        return Build(layer, ExactSimilar, classes => steiner ? SteinerPlanner.Forest(classes, n) : MinimumForest(classes, n));
     }
 
     /// <summary>Plans every decomposable conv layer of <paramref name="model"/> with a lossless mode.</summary>
-    public static Dictionary<int, LayerPlan> PlanModel(BnnModel model, string mode)
+    public static Dictionary<int, LayerPlan> PlanModel(BnnModel model, string mode, bool steiner = false)
     {
         ArgumentNullException.ThrowIfNull(model);
         Func<ConvLayer, LayerPlan> plan = mode switch
         {
             Exact => PlanExact,
-            ExactSimilar => PlanExactSimilar,
+            ExactSimilar => layer => PlanExactSimilar(layer, steiner),
             _ => throw new ArgumentException($"'{mode}' is not a lossless mode", nameof(mode)),
         };
         return model.ConvLayers.Where(p => FilterCode.Supports(p.Layer)).ToDictionary(p => p.Index, p => plan(p.Layer));
@@ -90,8 +91,9 @@ public static class Planner
     }
 
     /// <summary>
-    /// Collects each channel's classes in first-appearance order, lets <paramref name="forest"/> order them and pick
-    /// parents (indices within the channel, −1 for roots), and assigns every filter to its class node.
+    /// Collects each channel's classes in first-appearance order, lets <paramref name="forest"/> order them (and append
+    /// any intermediate codes) and pick parents (indices within the channel, −1 for roots, parents first), and assigns
+    /// every filter to its class node.
     /// </summary>
     private static LayerPlan Build(ConvLayer layer, string mode, Func<List<int>, int[]> forest)
     {

@@ -53,3 +53,44 @@ public sealed class XorPopCountTests
     public void Compute_DifferentLengths_Throws() =>
         Assert.Throws<ArgumentException>(() => XorPopCount.Compute(new ulong[3], new ulong[4]));
 }
+
+/// <summary>The filter-blocked conv kernel against its scalar reference, for every patch length 0-256.</summary>
+public sealed class FilterBlockedPopCountTests
+{
+    [Fact]
+    public void Compute_AllLengths0To256_MatchesScalarReference()
+    {
+        var rng = new Random(3);
+        for (int words = 0; words <= 256; words++)
+        {
+            var patch = Enumerable.Range(0, words).Select(_ => (ulong)rng.NextInt64() ^ ((ulong)rng.Next() << 63)).ToArray();
+            var filters = Enumerable.Range(0, words * FilterBlockedPopCount.Block).Select(_ => (ulong)rng.NextInt64()).ToArray();
+            var expected = new int[FilterBlockedPopCount.Block];
+            var actual = new int[FilterBlockedPopCount.Block];
+            FilterBlockedPopCount.Scalar(patch, filters, expected);
+            FilterBlockedPopCount.Compute(patch, filters, actual);
+            Assert.Equal(expected, actual);
+        }
+    }
+
+    [Fact]
+    public void Compute_AllBitsDiffer_CountsEveryBitPastTheByteCounterFlush()
+    {
+        // 100 words of all-ones against zeros: 6,400 per filter, well past the 31-word byte-counter flush.
+        var patch = Enumerable.Repeat(ulong.MaxValue, 100).ToArray();
+        var filters = new ulong[100 * FilterBlockedPopCount.Block];
+        var counts = new int[FilterBlockedPopCount.Block];
+        FilterBlockedPopCount.Compute(patch, filters, counts);
+        Assert.All(counts, c => Assert.Equal(6400, c));
+    }
+
+    [Fact]
+    public void Interleave_PutsFilterWordsSideBySide_AndZeroFillsTheLastBlock()
+    {
+        var filters = Enumerable.Range(0, 10 * 3).Select(i => (ulong)(i + 1)).ToArray(); // 10 filters of 3 words
+        var blocked = FilterBlockedPopCount.Interleave(filters, 10, 3);
+        Assert.Equal(2 * 3 * 8, blocked.Length);
+        Assert.Equal(filters[(9 * 3) + 2], blocked[(((1 * 3) + 2) * 8) + 1]);
+        Assert.Equal(0UL, blocked[(((1 * 3) + 2) * 8) + 7]);
+    }
+}

@@ -41,7 +41,7 @@ public sealed class SharingTests
         return c.With(w, c.Norm);
     }
 
-    private static BnnModel Planned(BnnModel model, string mode) => model.WithPlans(Planner.PlanModel(model, mode));
+    private static BnnModel Planned(BnnModel model, string mode, bool steiner = false) => model.WithPlans(Planner.PlanModel(model, mode, steiner));
 
     [Theory]
     [InlineData(Planner.Exact, 1, 1)]
@@ -49,9 +49,10 @@ public sealed class SharingTests
     [InlineData(Planner.ExactSimilar, 3, 1)]
     [InlineData(Planner.ExactSimilar, 4, -1)]
     [InlineData(Planner.ExactSimilar, 5, 0)]
+    [InlineData("steiner", 6, 1)]
     public void SharedEngine_LosslessPlans_AreBitIdenticalToDenseEngines(string mode, int seed, int padValue)
     {
-        var model = Planned(ClusteredModel(seed, padValue), mode);
+        var model = mode == "steiner" ? Planned(ClusteredModel(seed, padValue), Planner.ExactSimilar, steiner: true) : Planned(ClusteredModel(seed, padValue), mode);
         var images = TestData.RandomImages(4, seed, height: 17, width: 17);
         var dense = new PackedEngine(model).Run(images);
         var shared = new SharedEngine(model).Run(images, threads: 2);
@@ -62,9 +63,10 @@ public sealed class SharingTests
     [Theory]
     [InlineData(Planner.Exact)]
     [InlineData(Planner.ExactSimilar)]
+    [InlineData("steiner")]
     public void SharedEngine_Instrumented_CountsEqualTheCostModelExactly(string mode)
     {
-        var model = Planned(ClusteredModel(7), mode);
+        var model = mode == "steiner" ? Planned(ClusteredModel(7), Planner.ExactSimilar, steiner: true) : Planned(ClusteredModel(7), mode);
         var images = TestData.RandomImages(3, 8, height: 17, width: 17);
         var engine = new SharedEngine(model, instrumented: true);
         engine.Run(images, threads: 2);
@@ -76,6 +78,39 @@ public sealed class SharingTests
         }
         int dense = model.Layers.Count - 2;
         Assert.Equal(CostModel.LayerTapOps(model, dense) * images.Count, engine.Counts.TapOps[dense]);
+    }
+
+    [Fact]
+    public void SteinerPlan_ThreeClassesAroundAnUnusedCentre_DeriveThroughIt()
+    {
+        // Classes 1, 2 and 4 are pairwise 2 apart and 1 from the unused code 0: the MST costs 9 + 2 + 2 = 13 taps per
+        // position, the Steiner forest 9 + 1 + 1 + 1 = 12 (through 0, or rooted at one class with 0 in between).
+        var codes = new[] { 1, 2, 4, 2, 1 };
+        var w = codes.SelectMany(code => Enumerable.Range(0, 9).Select(t => ((code >> t) & 1) != 0 ? (sbyte)-1 : (sbyte)1)).ToArray();
+        var norm = BatchNormParameters.FromThreshold(new int[codes.Length], new bool[codes.Length]);
+        var layer = new ConvLayer(codes.Length, 1, 3, 3, 1, 0, 1, false, w, norm);
+
+        var mst = Planner.PlanExactSimilar(layer);
+        var steiner = Planner.PlanExactSimilar(layer, steiner: true);
+
+        steiner.Validate(layer, "test");
+        Assert.Equal(13, Enumerable.Range(0, mst.Nodes.Count).Sum(mst.NodeCost));
+        Assert.Equal(12, Enumerable.Range(0, steiner.Nodes.Count).Sum(steiner.NodeCost));
+        Assert.Contains(steiner.Nodes, node => node.Code == 0);
+        Assert.DoesNotContain(steiner.Assignment, a => steiner.Nodes[a].Code == 0);
+    }
+
+    [Fact]
+    public void SteinerPlans_NeverCostMoreThanTheMst_AndStayAboveTheLowerBound()
+    {
+        var model = ClusteredModel(12, codebook: 10);
+        foreach (var (i, conv) in model.ConvLayers)
+        {
+            var output = model.OutputShapes[i];
+            long mst = PlanCost.Of(Planner.PlanExactSimilar(conv), output).TapOps;
+            long steiner = PlanCost.Of(Planner.PlanExactSimilar(conv, steiner: true), output).TapOps;
+            Assert.InRange(steiner, LayerAnalysis.Analyze(model, i).DerivationLowerBound * output.Height * output.Width, mst);
+        }
     }
 
     [Fact]

@@ -83,6 +83,66 @@ public sealed class TrainingTests
     }
 
     [Fact]
+    public void SharingFineTune_KeepsEveryMergedClassTied_AndReportsEngineAccuracy()
+    {
+        // Given a briefly trained CNV and its radius-1 merge
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, perBatch: 100, seed: 23, learnable: true);
+        var options = new TrainOptions
+        {
+            Arch = "cnv", Width = 0.125, Dataset = "cifar10", DataDir = dir.Path, Epochs = 1,
+            Out = dir.File("m.bnn"), Seed = 6, BatchSize = 20, MaxBatchesPerEpoch = 8, ValidationCount = 100,
+        };
+        var trained = Trainer.Train(options);
+        var model = ModelFile.Load(dir.File("m.bnn"));
+        var merged = model.WithLayers(model.Layers.Select(l => l is ConvLayer c ? Bnn.Sharing.ApproximatePlanner.Merge(c, 1).Layer : l).ToList());
+        var (train, validation) = Datasets.HoldOut(Datasets.Load("cifar10", dir.Path, "train"), 100);
+
+        // When fine-tuning with the classes tied
+        var result = SharingFineTuner.Run(trained.BestCheckpointPath, model, merged, train, validation, epochs: 2, learningRate: 1e-2, maxBatchesPerEpoch: 6);
+
+        // Then every class of the merged model is still one class (up to sign) in every channel of the result
+        Assert.Equal(2, result.History.Count);
+        foreach (var ((_, before), (_, after)) in merged.ConvLayers.Zip(result.Model.ConvLayers))
+        {
+            int n = before.KernelH * before.KernelW;
+            var map = new Dictionary<(int, int), int>();
+            for (int k = 0; k < before.OutChannels; k++)
+            {
+                for (int ch = 0; ch < before.InChannels; ch++)
+                {
+                    int from = Bnn.Sharing.FilterCode.Code(before, k, ch), to = Bnn.Sharing.FilterCode.Code(after, k, ch);
+                    var key = (ch, Bnn.Sharing.FilterCode.Class(from, n));
+                    // The orientation relation is kept too: a member negated in the merge stays negated.
+                    int relation = Bnn.Sharing.FilterCode.Sign(from, n) * Bnn.Sharing.FilterCode.Sign(to, n);
+                    int value = (Bnn.Sharing.FilterCode.Class(to, n) * 2) + (relation > 0 ? 0 : 1);
+                    Assert.Equal(map.GetValueOrDefault(key, value), value);
+                    map[key] = value;
+                }
+            }
+        }
+        Assert.Equal(EngineExtensions.Accuracy(new PackedEngine(result.Model).Run(validation).Predictions, validation), result.ValidationAfter, 12);
+        Assert.Equal(EngineExtensions.Accuracy(new PackedEngine(merged).Run(validation).Predictions, validation), result.ValidationBefore, 12);
+    }
+
+    [Fact]
+    public void SharingFineTune_CheckpointOfAnotherModel_IsAClearError()
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, perBatch: 40, seed: 24, learnable: true);
+        var options = new TrainOptions
+        {
+            Arch = "cnv", Width = 0.125, Dataset = "cifar10", DataDir = dir.Path, Epochs = 1,
+            Out = dir.File("m.bnn"), Seed = 7, BatchSize = 20, MaxBatchesPerEpoch = 2, ValidationCount = 40,
+        };
+        var trained = Trainer.Train(options);
+        var other = RandomModels.Create(Architectures.Build("cnv", 0.125), new Shape(3, 32, 32), seed: 3);
+        var (train, validation) = Datasets.HoldOut(Datasets.Load("cifar10", dir.Path, "train"), 40);
+        var e = Assert.Throws<BnnDataException>(() => SharingFineTuner.Run(trained.BestCheckpointPath, other, other, train, validation, 1));
+        Assert.Contains("not those of the model", e.Message);
+    }
+
+    [Fact]
     public void TrainSmoke_PaddedVgg_EngineReproducesTorchIncludingPadding()
     {
         using var dir = new TempDirectory();

@@ -1,0 +1,239 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
+using System.Text;
+using Bnn.Cost;
+using Bnn.Data;
+using Bnn.Engine;
+using Bnn.Engine.Kernels;
+using Bnn.Model;
+using Bnn.Sharing;
+
+namespace Bnn.Cli;
+
+/// <summary>
+/// `bnn bench`: engines side by side on one model: images/s and ms/image (median and spread over repeats after a
+/// warm-up), ratios to the fast engine and to ONNX Runtime, peak memory, and the per-layer roofline of the fast engine.
+/// </summary>
+internal static class BenchCommand
+{
+    internal sealed record Row(string Engine, int Batch, int Threads, int Images, double MsMedian, double MsSpread, double PeakRssMb)
+    {
+        public double ImagesPerSecond => 1000 / MsMedian;
+    }
+
+    internal sealed record LayerRow(int Index, string Kind, long TapOps, double Seconds, double AchievedBitOps, double Fraction);
+
+    public static Command Create(CliIo io)
+    {
+        var model = CommonOptions.Model();
+        var engines = new Option<string>("--engines") { Description = "comma-separated engines", DefaultValueFactory = _ => "reference,fast,shared,onnxruntime" };
+        var batches = new Option<string>("--batch") { Description = "comma-separated batch sizes (images per call)", DefaultValueFactory = _ => "1,64" };
+        var threadList = new Option<string>("--threads") { Description = "comma-separated thread counts", DefaultValueFactory = _ => "1,2" };
+        var images = new Option<int>("--images") { Description = "images per timed run (the reference engine uses at most 32)", DefaultValueFactory = _ => 256 };
+        var repeats = new Option<int>("--repeats") { Description = "timed runs per configuration, after one warm-up run", DefaultValueFactory = _ => 5 };
+        var data = CommonOptions.Data(required: false);
+        var json = CommonOptions.Json();
+        var command = new Command("bench", "Benchmark engines side by side, with the fast engine's per-layer popcount roofline")
+        {
+            model, engines, batches, threadList, images, repeats, data, json,
+        };
+        command.SetAction(parse => BnnApp.Guard(io, () =>
+        {
+            var path = parse.GetValue(model)!;
+            var m = CommonOptions.LoadModel(path);
+            var names = List(parse.GetValue(engines)!, s => s);
+            foreach (var name in names.Where(n => !EvalCommand.EngineNames.Contains(n)))
+            {
+                throw new UsageException($"unknown engine '{name}' (expected some of: {string.Join(", ", EvalCommand.EngineNames)})");
+            }
+            var batchSizes = List(parse.GetValue(batches)!, Positive);
+            var threadCounts = List(parse.GetValue(threadList)!, Positive);
+            int count = parse.GetValue(images), runs = parse.GetValue(repeats);
+            if (count <= 0 || runs <= 0)
+            {
+                throw new UsageException("--images and --repeats must be positive");
+            }
+            var set = parse.GetValue(data) is string dir
+                ? Datasets.Load("cifar10", dir, "test").Take(count)
+                : RandomImages(m, count);
+            var planned = m.Plans.Count > 0 ? m : m.WithPlans(Planner.PlanModel(m, Planner.ExactSimilar));
+            var rows = new List<Row>();
+            foreach (var name in names)
+            {
+                var engine = EvalCommand.CreateEngine(name, name == "shared" ? planned : m, path);
+                var subset = name == "reference" ? set.Take(Math.Min(set.Count, 32)) : set;
+                foreach (int batch in batchSizes)
+                {
+                    foreach (int threads in threadCounts)
+                    {
+                        rows.Add(Measure(engine, subset, batch, threads, runs));
+                        io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {name} batch {batch} threads {threads}: {rows[^1].ImagesPerSecond:F1} images/s"));
+                    }
+                }
+                (engine as IDisposable)?.Dispose();
+            }
+            var roofline = Roofline.Measure();
+            var layers = ProfileLayers(m, set, roofline.Peak);
+            io.Out.Write(Render(rows, layers, roofline, m, names.Contains("shared") && planned != m));
+            if (parse.GetValue(json) is string jsonPath)
+            {
+                CommonOptions.WriteJson(jsonPath, w => WriteJson(w, path, rows, layers, roofline));
+            }
+            return BnnApp.Ok;
+        }));
+        return command;
+    }
+
+    private static int Positive(string s) => int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int v) && v > 0
+        ? v
+        : throw new UsageException($"'{s}' is not a positive integer");
+
+    private static List<T> List<T>(string text, Func<string, T> parse) =>
+        text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(parse).ToList();
+
+    private static ImageSet RandomImages(BnnModel m, int count)
+    {
+        var rng = new Random(1);
+        var pixels = new byte[count * m.Input.Size];
+        rng.NextBytes(pixels);
+        return new ImageSet(pixels, new byte[count], m.Input.Channels, m.Input.Height, m.Input.Width, m.Classes);
+    }
+
+    /// <summary>One warm-up pass, then <paramref name="runs"/> timed passes over the images in calls of <paramref name="batch"/>.</summary>
+    internal static Row Measure(IEngine engine, ImageSet images, int batch, int threads, int runs)
+    {
+        var scores = new int[Math.Min(batch, images.Count) * engine.Model.Classes];
+        void Pass()
+        {
+            for (int start = 0; start < images.Count; start += batch)
+            {
+                int n = Math.Min(batch, images.Count - start);
+                engine.Score(images, start, n, scores.AsSpan(0, n * engine.Model.Classes), threads);
+            }
+        }
+        Pass();
+        var ms = new double[runs];
+        for (int r = 0; r < runs; r++)
+        {
+            var clock = Stopwatch.StartNew();
+            Pass();
+            ms[r] = clock.Elapsed.TotalMilliseconds / images.Count;
+        }
+        Array.Sort(ms);
+        double median = runs % 2 == 1 ? ms[runs / 2] : (ms[(runs / 2) - 1] + ms[runs / 2]) / 2;
+        using var self = Process.GetCurrentProcess();
+        return new Row(engine.Name, batch, threads, images.Count, median, ms[^1] - ms[0], self.PeakWorkingSet64 / (1024.0 * 1024.0));
+    }
+
+    private static List<LayerRow> ProfileLayers(BnnModel m, ImageSet images, double peak)
+    {
+        var engine = new PackedEngine(m);
+        engine.ProfileLayers(images, Math.Min(images.Count, 16));
+        var seconds = engine.ProfileLayers(images, images.Count);
+        return Enumerable.Range(0, m.Layers.Count).Select(i =>
+        {
+            long ops = CostModel.LayerTapOps(m, i);
+            double achieved = ops * (double)images.Count / Math.Max(seconds[i], 1e-12);
+            return new LayerRow(i, m.Layers[i] is ConvLayer { IsInputLayer: true } ? "input-conv" : m.Layers[i].Kind, ops, seconds[i] / images.Count, achieved, achieved / peak);
+        }).ToList();
+    }
+
+    internal static string Render(IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline, BnnModel m, bool plannedHere)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var sb = new StringBuilder();
+        sb.AppendLine(inv, $"{"engine",-12} {"batch",5} {"threads",7} {"images/s",10} {"ms/image",9} {"spread",8} {"vs fast",8} {"vs ORT",8} {"peak RSS",9}");
+        foreach (var r in rows)
+        {
+            var fast = rows.FirstOrDefault(x => x.Engine == "fast" && x.Batch == r.Batch && x.Threads == r.Threads);
+            var ort = rows.FirstOrDefault(x => x.Engine == "onnxruntime" && x.Batch == r.Batch && x.Threads == r.Threads);
+            sb.AppendLine(inv, $"{r.Engine,-12} {r.Batch,5} {r.Threads,7} {r.ImagesPerSecond,10:F1} {r.MsMedian,9:F3} {r.MsSpread,8:F3} {Ratio(r, fast),8} {Ratio(r, ort),8} {r.PeakRssMb,7:F0}MB");
+        }
+        if (plannedHere)
+        {
+            sb.AppendLine("shared: the model carries no plans, so it ran with exact-similar plans made for the benchmark");
+        }
+        sb.AppendLine(inv, $"roofline (1 thread, operands in L1): {string.Join(", ", roofline.BitOpsPerSecond.Select(p => $"{p.Key} {p.Value / 1e9:F1}"))} Gbit-ops/s; peak {roofline.Peak / 1e9:F1} ({roofline.Best})");
+        sb.AppendLine(inv, $"{"layer",-6} {"kind",-10} {"tap ops",12} {"µs/image",9} {"Gbit-ops/s",10} {"of peak",8}");
+        foreach (var l in layers)
+        {
+            sb.AppendLine(inv, $"{l.Index,-6} {l.Kind,-10} {l.TapOps,12:N0} {l.Seconds * 1e6,9:F1} {l.AchievedBitOps / 1e9,10:F2} {(l.TapOps > 0 ? l.Fraction.ToString("P1", inv) : "-"),8}");
+        }
+        long totalOps = layers.Sum(l => l.TapOps);
+        double totalSeconds = layers.Sum(l => l.Seconds);
+        sb.AppendLine(inv, $"{"total",-6} {"",-10} {totalOps,12:N0} {totalSeconds * 1e6,9:F1} {totalOps / totalSeconds / 1e9,10:F2} {totalOps / totalSeconds / roofline.Peak,8:P1}");
+        sb.AppendLine("(the input conv's taps are 8-bit multiply-adds, not XNOR-popcounts; its fraction of the popcount peak is shown for scale only)");
+        return sb.ToString();
+    }
+
+    private static string Ratio(Row r, Row? baseline) =>
+        baseline is null ? "-" : (baseline.MsMedian / r.MsMedian).ToString("F2", CultureInfo.InvariantCulture) + "x";
+
+    private static void WriteJson(System.Text.Json.Utf8JsonWriter w, string path, IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline)
+    {
+        w.WriteStartObject();
+        w.WriteString("model", path);
+        w.WriteStartArray("results");
+        foreach (var r in rows)
+        {
+            w.WriteStartObject();
+            w.WriteString("engine", r.Engine);
+            w.WriteNumber("batch", r.Batch);
+            w.WriteNumber("threads", r.Threads);
+            w.WriteNumber("images", r.Images);
+            w.WriteNumber("images_per_second", r.ImagesPerSecond);
+            w.WriteNumber("ms_per_image", r.MsMedian);
+            w.WriteNumber("ms_spread", r.MsSpread);
+            w.WriteNumber("peak_rss_mb", r.PeakRssMb);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteStartObject("roofline");
+        w.WriteNumber("peak_bit_ops_per_second", roofline.Peak);
+        w.WriteString("peak_kernel", roofline.Best);
+        foreach (var (kernel, rate) in roofline.BitOpsPerSecond)
+        {
+            w.WriteNumber(kernel, rate);
+        }
+        w.WriteEndObject();
+        w.WriteStartArray("layers");
+        foreach (var l in layers)
+        {
+            w.WriteStartObject();
+            w.WriteNumber("index", l.Index);
+            w.WriteString("kind", l.Kind);
+            w.WriteNumber("tap_ops", l.TapOps);
+            w.WriteNumber("seconds_per_image", l.Seconds);
+            w.WriteNumber("bit_ops_per_second", l.AchievedBitOps);
+            w.WriteNumber("fraction_of_peak", l.Fraction);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteStartObject("machine");
+        w.WriteString("cpu", CpuName());
+        w.WriteNumber("logical_cores", Environment.ProcessorCount);
+        w.WriteString("os", RuntimeInformation.OSDescription);
+        w.WriteString("runtime", RuntimeInformation.FrameworkDescription);
+        w.WriteBoolean("avx2", Avx2.IsSupported);
+        w.WriteBoolean("avx512bw", Avx512BW.IsSupported);
+        w.WriteString("onnxruntime", Onnx.OnnxRuntimeEngine.RuntimeVersion);
+        w.WriteString("date", DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture));
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+
+    private static string CpuName()
+    {
+        try
+        {
+            return File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "unknown";
+        }
+        catch (IOException)
+        {
+            return "unknown";
+        }
+    }
+}

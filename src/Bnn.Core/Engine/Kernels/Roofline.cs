@@ -1,0 +1,64 @@
+using System.Diagnostics;
+
+namespace Bnn.Engine.Kernels;
+
+/// <summary>
+/// The machine's peak XNOR-popcount rate on one thread: each kernel run over operands that stay in L1 (so memory is
+/// not the limit), counting one binary op per bit. The best kernel's rate is the roofline that <c>bnn bench</c>
+/// divides each layer's achieved rate by.
+/// </summary>
+public static class Roofline
+{
+    /// <summary>Measured peak per kernel, in binary ops (bits) per second on one thread.</summary>
+    public sealed record Result(IReadOnlyDictionary<string, double> BitOpsPerSecond)
+    {
+        /// <summary>The best kernel's rate.</summary>
+        public double Peak => BitOpsPerSecond.Values.Max();
+
+        /// <summary>The best kernel's name.</summary>
+        public string Best => BitOpsPerSecond.MaxBy(p => p.Value).Key;
+    }
+
+    /// <summary>Measures every kernel for about <paramref name="secondsPerKernel"/> seconds each.</summary>
+    public static Result Measure(double secondsPerKernel = 0.25)
+    {
+        const int words = 72; // a 3x3 patch of 512 channels: the longest row CNV or BinaryNet-VGG produce
+        var rng = new Random(1);
+        var a = Enumerable.Range(0, words).Select(_ => (ulong)rng.NextInt64()).ToArray();
+        var filters = Enumerable.Range(0, words * FilterBlockedPopCount.Block).Select(_ => (ulong)rng.NextInt64()).ToArray();
+        var rates = new Dictionary<string, double>();
+        foreach (var kernel in XorPopCount.Supported.Where(k => k != PopCountKernel.Avx512FilterBlocked))
+        {
+            var b = filters.AsSpan(0, words).ToArray();
+            rates[kernel.ToString()] = Rate(secondsPerKernel, words * 64, () => XorPopCount.Compute(a, b, kernel));
+        }
+        var counts = new int[FilterBlockedPopCount.Block];
+        rates[nameof(PopCountKernel.Avx512FilterBlocked)] = Rate(secondsPerKernel, words * 64 * FilterBlockedPopCount.Block, () =>
+        {
+            FilterBlockedPopCount.Compute(a, filters, counts);
+            return counts[0];
+        });
+        return new Result(rates);
+    }
+
+    private static double Rate(double seconds, long bitsPerCall, Func<int> call)
+    {
+        int sink = 0;
+        for (int i = 0; i < 1000; i++)
+        {
+            sink += call();
+        }
+        long calls = 0;
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed.TotalSeconds < seconds)
+        {
+            for (int i = 0; i < 1000; i++)
+            {
+                sink += call();
+            }
+            calls += 1000;
+        }
+        GC.KeepAlive(sink);
+        return calls * bitsPerCall / clock.Elapsed.TotalSeconds;
+    }
+}

@@ -1,0 +1,47 @@
+using System.Text.Json;
+using Bnn.Model;
+
+namespace Bnn.Tests.Cli;
+
+public sealed class BenchTests
+{
+    [Fact]
+    public void Bench_AllEngines_WritesTheDocumentedJson()
+    {
+        using var dir = new TempDirectory();
+        var model = RandomModels.Create(Architectures.Build("cnv", 0.125), new Shape(3, 32, 32), seed: 4);
+        ModelFile.Save(model, dir.File("m.bnn"));
+
+        var (code, output, err) = CliRunner.Run("bench", "--model", dir.File("m.bnn"), "--engines", "reference,fast,shared,onnxruntime",
+            "--batch", "1,4", "--threads", "1,2", "--images", "8", "--repeats", "2", "--json", dir.File("b.json"));
+
+        Assert.True(code == 0, err);
+        Assert.Contains("roofline", output);
+        using var json = JsonDocument.Parse(File.ReadAllText(dir.File("b.json")));
+        var results = json.RootElement.GetProperty("results").EnumerateArray().ToList();
+        Assert.Equal(4 * 2 * 2, results.Count);
+        foreach (var r in results)
+        {
+            foreach (var field in new[] { "engine", "batch", "threads", "images_per_second", "ms_per_image", "ms_spread", "peak_rss_mb" })
+            {
+                Assert.True(r.TryGetProperty(field, out _), field);
+            }
+            Assert.True(r.GetProperty("images_per_second").GetDouble() > 0);
+            Assert.True(r.GetProperty("ms_spread").GetDouble() >= 0);
+        }
+        Assert.Equal(["reference", "fast", "shared", "onnxruntime"], results.Select(r => r.GetProperty("engine").GetString()).Distinct());
+        Assert.Equal(model.Layers.Count, json.RootElement.GetProperty("layers").GetArrayLength());
+        Assert.True(json.RootElement.GetProperty("roofline").GetProperty("peak_bit_ops_per_second").GetDouble() > 0);
+        Assert.True(json.RootElement.GetProperty("machine").TryGetProperty("cpu", out _));
+    }
+
+    [Fact]
+    public void Bench_UnknownEngine_IsAUsageError()
+    {
+        using var dir = new TempDirectory();
+        ModelFile.Save(RandomModels.Create(Architectures.Build("cnv", 0.125), new Shape(3, 32, 32), seed: 4), dir.File("m.bnn"));
+        var (code, _, err) = CliRunner.Run("bench", "--model", dir.File("m.bnn"), "--engines", "fast,gpu");
+        Assert.Equal(1, code);
+        Assert.Contains("unknown engine 'gpu'", err);
+    }
+}
