@@ -14,7 +14,7 @@ namespace Bnn.Cli;
 /// </summary>
 internal static class ReproduceCommand
 {
-    private const string LosslessTest = "lossless_test_0-999.bin.gz";
+    private const string LosslessTest = "losslessModestest_0-999.bin.gz";
 
     public static Command Create(CliIo io)
     {
@@ -23,12 +23,15 @@ internal static class ReproduceCommand
         var models = new Option<string>("--models") { Description = "directory of shipped models (<arch>-<dataset>.bnn)", DefaultValueFactory = _ => "models" };
         var maxLoss = new Option<double>("--max-loss") { Description = "approximate: validation accuracy budget", DefaultValueFactory = _ => 0.01 };
         var maxRadius = new Option<int>("--max-radius") { Description = "approximate: largest merge radius tried (1 keeps the run short; radius 2 rarely fits a 1% budget)", DefaultValueFactory = _ => 1 };
+        var steiner = new Option<bool>("--steiner") { Description = "also plan exact-similar with CP-SAT Steiner intermediates (adds a row)", DefaultValueFactory = _ => true };
+        var finetune = new Option<int>("--finetune-epochs") { Description = "approximate: sharing-aware fine-tuning epochs (needs checkpoints/<model>.best.ckpt beside the models; 0: off)", DefaultValueFactory = _ => 0 };
+        var finetuneLoss = new Option<double?>("--finetune-search-loss") { Description = "approximate with fine-tuning: validation budget of the radius search before fine-tuning (default: --max-loss)" };
         var limit = CommonOptions.Limit();
         var threads = CommonOptions.Threads();
         var output = new Option<string?>("--out") { Description = "directory for the shared models and reproduce.json" };
         var command = new Command("reproduce", "Analyze, share (exact, exact-similar, approximate) and evaluate the shipped models; print the headline table")
         {
-            data, svhn, models, maxLoss, maxRadius, limit, threads, output,
+            data, svhn, models, maxLoss, maxRadius, steiner, finetune, finetuneLoss, limit, threads, output,
         };
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
@@ -50,7 +53,9 @@ internal static class ReproduceCommand
                     io.Err.WriteLine($"skipping {name}: no {dataset} data given");
                     continue;
                 }
-                rows.Add(Reproduce(io, path, dataset, dataDir, parse.GetValue(maxLoss), parse.GetValue(maxRadius), parse.GetValue(limit), t, parse.GetValue(output)));
+                var settings = new Settings(parse.GetValue(maxLoss), parse.GetValue(maxRadius), parse.GetValue(steiner), parse.GetValue(finetune),
+                    parse.GetValue(finetuneLoss) ?? parse.GetValue(maxLoss), Path.Combine(dir, "checkpoints", name + ".best.ckpt"));
+                rows.Add(Reproduce(io, path, dataset, dataDir, settings, parse.GetValue(limit), t, parse.GetValue(output)));
             }
             if (rows.Count == 0)
             {
@@ -62,11 +67,13 @@ internal static class ReproduceCommand
         return command;
     }
 
+    private sealed record Settings(double MaxLoss, int MaxRadius, bool Steiner, int FinetuneEpochs, double FinetuneSearchLoss, string Checkpoint);
+
     private sealed record ModeResult(string Mode, double Conv2dReduction, double TapOpReduction, double TestAccuracy, double? LosslessAccuracy, int PredictionChanges);
 
     private sealed record Row(string Model, double TestAccuracy, double? LosslessAccuracy, int TestImages, IReadOnlyList<ModeResult> Modes, string Radii);
 
-    private static Row Reproduce(CliIo io, string path, string dataset, string dataDir, double maxLoss, int maxRadius, int? limit, int threads, string? outDir)
+    private static Row Reproduce(CliIo io, string path, string dataset, string dataDir, Settings settings, int? limit, int threads, string? outDir)
     {
         var model = CommonOptions.LoadModel(path);
         var test = CommonOptions.LoadImages(dataset, dataDir, "test", null, limit);
@@ -78,34 +85,58 @@ internal static class ReproduceCommand
         var denseLossless = lossless is null ? null : new PackedEngine(model).Run(lossless, threads).Predictions;
         var report = SharingReport.Build(model);
         var modes = new List<ModeResult>();
-        foreach (var mode in new[] { Planner.Exact, Planner.ExactSimilar })
+        var losslessModes = new[] { Planner.Exact, Planner.ExactSimilar }.Select(mode => (Label: mode, Mode: mode, Steiner: false)).ToList();
+        if (settings.Steiner)
         {
-            io.Err.WriteLine($"{name}: {mode} plans through the shared engine");
-            var shared = model.WithPlans(Planner.PlanModel(model, mode));
+            losslessModes.Add(("exact-sim+steiner", Planner.ExactSimilar, true));
+        }
+        foreach (var (label, mode, withSteiner) in losslessModes)
+        {
+            io.Err.WriteLine($"{name}: {label} plans through the shared engine");
+            var shared = model.WithPlans(Planner.PlanModel(model, mode, withSteiner));
             var predictions = new SharedEngine(shared).Run(test, threads).Predictions;
-            var select = mode == Planner.Exact ? (Func<LayerSharingRow, Cost.PlanCost?>)(r => r.Exact) : r => r.ExactSimilar;
-            modes.Add(new ModeResult(mode, 1 - (report.Conv2d(select)!.Value / report.BaselineConv2d()), 1 - ((double)report.TapOps(select)!.Value / report.BaselineTapOps()),
+            var cost = shared.Plans.Select(p => Cost.PlanCost.Of(p.Value, shared.OutputShapes[p.Key])).ToList();
+            modes.Add(new ModeResult(label, 1 - (cost.Sum(c => c.Conv2d) / report.BaselineConv2d()), 1 - ((double)cost.Sum(c => c.TapOps) / report.BaselineTapOps()),
                 Accuracy(predictions, test), denseLossless is null ? null : Accuracy(new SharedEngine(shared).Run(lossless!, threads).Predictions, lossless!),
                 predictions.Where((p, i) => p != dense[i]).Count()));
-            Save(shared, outDir, $"{name}.{mode}");
+            Save(shared, outDir, $"{name}.{label}");
         }
         io.Err.WriteLine($"{name}: approximate search on {validation.Count} validation images");
-        var approx = ApproximateSearch.Run(model, validation, train.Take(2000), maxLoss, null, maxRadius, threads,
+        var approx = ApproximateSearch.Run(model, validation, train.Take(2000), settings.MaxLoss, null, settings.MaxRadius, threads,
             new ActionProgress<string>(line => io.Err.WriteLine($"  {line}")));
-        var approxReport = SharingReport.Build(model, approx.Model);
-        var approxTest = new SharedEngine(approx.Model).Run(test, threads).Predictions;
-        double? approxLossless = lossless is null ? null : Accuracy(new PackedEngine(approx.Model).Run(lossless, threads).Predictions, lossless);
-        modes.Add(new ModeResult("approx-merge-only",
-            1 - (approxReport.Conv2d(r => r.ApproximateMergeOnly)!.Value / approxReport.BaselineConv2d()),
-            1 - ((double)approxReport.TapOps(r => r.ApproximateMergeOnly)!.Value / approxReport.BaselineTapOps()),
-            Accuracy(approxTest, test), approxLossless, approxTest.Where((p, i) => p != dense[i]).Count()));
-        modes.Add(new ModeResult(ApproximatePlanner.Mode,
-            1 - (approxReport.Conv2d(r => r.Approximate)!.Value / approxReport.BaselineConv2d()),
-            1 - ((double)approxReport.TapOps(r => r.Approximate)!.Value / approxReport.BaselineTapOps()),
-            Accuracy(approxTest, test), approxLossless, approxTest.Where((p, i) => p != dense[i]).Count()));
+        AddApproximate(modes, "approx", model, approx.Model, test, lossless, dense, threads);
         Save(approx.Model, outDir, $"{name}.approximate");
         var radii = string.Join(" ", approx.Radii.Select(p => $"conv{p.Key}={p.Value}"));
+        if (settings.FinetuneEpochs > 0 && File.Exists(settings.Checkpoint))
+        {
+            // With fine-tuning to recover accuracy, the search may spend a larger budget before it; the final loss
+            // is measured after fine-tuning, on validation for the choice and on test for the report.
+            var before = settings.FinetuneSearchLoss == settings.MaxLoss ? approx
+                : ApproximateSearch.Run(model, validation, train.Take(2000), settings.FinetuneSearchLoss, null, settings.MaxRadius, threads,
+                    new ActionProgress<string>(line => io.Err.WriteLine($"  {line}")));
+            io.Err.WriteLine($"{name}: sharing-aware fine-tuning for {settings.FinetuneEpochs} epochs from {settings.Checkpoint}");
+            var tuned = Training.SharingFineTuner.Run(settings.Checkpoint, model, before.Model, train, validation, settings.FinetuneEpochs, threads: threads,
+                log: new ActionProgress<string>(line => io.Err.WriteLine($"  {line}")));
+            var tunedModel = tuned.Model.WithPlans(Planner.PlanModel(tuned.Model, Planner.ExactSimilar));
+            AddApproximate(modes, "approx+finetune", model, tunedModel, test, lossless, dense, threads);
+            Save(tunedModel, outDir, $"{name}.approximate-finetuned");
+            radii += string.Create(CultureInfo.InvariantCulture,
+                $"; fine-tuned: search budget {settings.FinetuneSearchLoss:P1}, radii {string.Join(" ", before.Radii.Select(p => $"conv{p.Key}={p.Value}"))}, validation {before.BaselineAccuracy:P2} -> {tuned.ValidationBefore:P2} merged -> {tuned.ValidationAfter:P2} after {tuned.BestEpoch} epochs");
+        }
         return new Row(name, Accuracy(dense, test), denseLossless is null ? null : Accuracy(denseLossless, lossless!), test.Count, modes, radii);
+    }
+
+    /// <summary>Adds the merge-only and with-derivations rows of an approximate model.</summary>
+    private static void AddApproximate(List<ModeResult> modes, string label, BnnModel model, BnnModel shared, ImageSet test, ImageSet? lossless, int[] dense, int threads)
+    {
+        var report = SharingReport.Build(model, shared);
+        var predictions = new SharedEngine(shared).Run(test, threads).Predictions;
+        double? losslessAccuracy = lossless is null ? null : Accuracy(new PackedEngine(shared).Run(lossless, threads).Predictions, lossless);
+        int changed = predictions.Where((p, i) => p != dense[i]).Count();
+        modes.Add(new ModeResult(label + "-merge-only", 1 - (report.Conv2d(r => r.ApproximateMergeOnly)!.Value / report.BaselineConv2d()),
+            1 - ((double)report.TapOps(r => r.ApproximateMergeOnly)!.Value / report.BaselineTapOps()), Accuracy(predictions, test), losslessAccuracy, changed));
+        modes.Add(new ModeResult(label + "+derived", 1 - (report.Conv2d(r => r.Approximate)!.Value / report.BaselineConv2d()),
+            1 - ((double)report.TapOps(r => r.Approximate)!.Value / report.BaselineTapOps()), Accuracy(predictions, test), losslessAccuracy, changed));
     }
 
     private static void Save(BnnModel model, string? outDir, string stem)
@@ -123,13 +154,13 @@ internal static class ReproduceCommand
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
         sb.AppendLine(inv, $"Convolution result sharing, reproduced (2-D convolutions and tap ops in all conv layers; accuracy loss on test, choices made on validation, budget {maxLoss:P1})");
-        sb.AppendLine(inv, $"{"model",-16} {"mode",-18} {"2-D convs",10} {"tap ops",9} {"test acc",9} {"loss",7} {"lossless",9} {"changed",8}");
+        sb.AppendLine(inv, $"{"model",-16} {"mode",-24} {"2-D convs",10} {"tap ops",9} {"test acc",9} {"loss",7} {"lossless",9} {"changed",8}");
         foreach (var row in rows)
         {
-            sb.AppendLine(inv, $"{row.Model,-16} {"dense",-18} {"-",10} {"-",9} {row.TestAccuracy,9:P2} {"-",7} {Format(row.LosslessAccuracy),9} {"-",8}");
+            sb.AppendLine(inv, $"{row.Model,-16} {"dense",-24} {"-",10} {"-",9} {row.TestAccuracy,9:P2} {"-",7} {Format(row.LosslessAccuracy),9} {"-",8}");
             foreach (var m in row.Modes)
             {
-                sb.AppendLine(inv, $"{"",-16} {m.Mode,-18} {m.Conv2dReduction,10:P1} {m.TapOpReduction,9:P1} {m.TestAccuracy,9:P2} {row.TestAccuracy - m.TestAccuracy,7:P2} {Format(m.LosslessAccuracy),9} {m.PredictionChanges,8}");
+                sb.AppendLine(inv, $"{"",-16} {m.Mode,-24} {m.Conv2dReduction,10:P1} {m.TapOpReduction,9:P1} {m.TestAccuracy,9:P2} {row.TestAccuracy - m.TestAccuracy,7:P2} {Format(m.LosslessAccuracy),9} {m.PredictionChanges,8}");
             }
             sb.AppendLine(inv, $"{"",-16} approximate radii: {row.Radii}");
         }

@@ -54,15 +54,17 @@ public sealed class PackedEngine : IEngine
         EngineExtensions.CheckInput(Model, images, start, count, scores.Length);
         int classes = Model.Classes;
         int workers = Math.Max(1, Math.Min(threads, count));
-        var ws = Workspaces(workers);
         if (workers == 1)
         {
+            // The single-threaded path allocates nothing: the steady state is 0 bytes per image (see bench/).
+            var single = FirstWorkspace();
             for (int i = 0; i < count; i++)
             {
-                ScoreImage(images.Image(start + i), ws[0], scores.Slice(i * classes, classes));
+                ScoreImage(images.Image(start + i), single, scores.Slice(i * classes, classes));
             }
             return;
         }
+        var ws = Workspaces(workers);
         // A span cannot be captured by the worker lambda; one array per call (not per image) is the price.
         var shared = new int[count * classes];
         EngineExtensions.ForEachImage(start, count, workers, (i, w) =>
@@ -79,7 +81,7 @@ public sealed class PackedEngine : IEngine
         ArgumentNullException.ThrowIfNull(images);
         EngineExtensions.CheckInput(Model, images, 0, count, count * Model.Classes);
         var ticks = new long[steps.Length];
-        var ws = Workspaces(1)[0];
+        var ws = FirstWorkspace();
         var scores = new int[Model.Classes];
         for (int i = 0; i < count; i++)
         {
@@ -105,6 +107,18 @@ public sealed class PackedEngine : IEngine
             {
                 ticks[i] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
             }
+        }
+    }
+
+    private Workspace FirstWorkspace()
+    {
+        lock (workspaceLock)
+        {
+            if (workspaces.Count == 0)
+            {
+                workspaces.Add(new Workspace(steps));
+            }
+            return workspaces[0];
         }
     }
 
@@ -414,7 +428,6 @@ internal sealed class BinaryConvStep : PackedStep
     private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc)
     {
         Span<ulong> patch = perFilter <= 512 ? stackalloc ulong[perFilter] : new ulong[perFilter];
-        Span<int> counts = stackalloc int[FilterBlockedPopCount.Block];
         int k = layer.OutChannels;
         int blockWords = perFilter * FilterBlockedPopCount.Block;
         for (int oy = 0; oy < outShape.Height; oy++)
@@ -429,12 +442,8 @@ internal sealed class BinaryConvStep : PackedStep
                 var dst = acc.Slice(((oy * outShape.Width) + ox) * k, k);
                 for (int b = 0; b * FilterBlockedPopCount.Block < k; b++)
                 {
-                    FilterBlockedPopCount.Compute(patch, blocked.AsSpan(b * blockWords, blockWords), counts);
                     int first = b * FilterBlockedPopCount.Block;
-                    for (int j = 0; j < FilterBlockedPopCount.Block && first + j < k; j++)
-                    {
-                        dst[first + j] = n - (2 * counts[j]);
-                    }
+                    FilterBlockedPopCount.DotProducts(patch, blocked.AsSpan(b * blockWords, blockWords), n, dst[first..]);
                 }
             }
         }

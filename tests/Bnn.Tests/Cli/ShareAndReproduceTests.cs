@@ -72,7 +72,21 @@ public sealed class ShareAndReproduceTests
         // The last column counts test predictions that changed versus the dense model: none for lossless modes.
         Assert.EndsWith(" 0", lines.Single(l => l.Contains(" exact ", StringComparison.Ordinal)).TrimEnd());
         Assert.EndsWith(" 0", lines.Single(l => l.Contains(" exact-similar ", StringComparison.Ordinal)).TrimEnd());
+        Assert.EndsWith(" 0", lines.Single(l => l.Contains(" exact-sim+steiner ", StringComparison.Ordinal)).TrimEnd());
         Assert.True(File.Exists(dir.File("out/tiny-cifar10.approximate.bnn")));
+        Assert.True(File.Exists(dir.File("out/tiny-cifar10.exact-sim+steiner.bnn")));
+    }
+
+    [Fact]
+    public void Share_FinetuneWithoutCheckpoint_IsAUsageError()
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, perBatch: 20, seed: 6);
+        ModelFile.Save(SharingModel(), dir.File("m.bnn"));
+        var (code, _, err) = CliRunner.Run("share", "--model", dir.File("m.bnn"), "--mode", "approximate", "--data", dir.Path, "--finetune-epochs", "2", "--out", dir.File("s.bnn"));
+        Assert.Equal(1, code);
+        Assert.Contains("--checkpoint", err);
+        Assert.False(File.Exists(dir.File("s.bnn")));
     }
 
     private static BnnModel SharingModel() => RandomModels.Create(

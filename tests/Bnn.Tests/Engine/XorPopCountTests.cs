@@ -74,6 +74,25 @@ public sealed class FilterBlockedPopCountTests
     }
 
     [Fact]
+    public void DotProducts_AllLengths0To256AndPartialBlocks_AreNMinusTwiceTheCount()
+    {
+        var rng = new Random(4);
+        for (int words = 0; words <= 256; words++)
+        {
+            var patch = Enumerable.Range(0, words).Select(_ => (ulong)rng.NextInt64()).ToArray();
+            var filters = Enumerable.Range(0, words * FilterBlockedPopCount.Block).Select(_ => (ulong)rng.NextInt64()).ToArray();
+            var counts = new int[FilterBlockedPopCount.Block];
+            FilterBlockedPopCount.Scalar(patch, filters, counts);
+            int n = (words * 64) + 3;
+            int length = 1 + (words % FilterBlockedPopCount.Block);
+            var dot = Enumerable.Repeat(int.MinValue, FilterBlockedPopCount.Block).ToArray();
+            FilterBlockedPopCount.DotProducts(patch, filters, n, dot.AsSpan(0, length));
+            Assert.Equal(counts.Take(length).Select(c => n - (2 * c)), dot.Take(length));
+            Assert.All(dot.Skip(length), v => Assert.Equal(int.MinValue, v)); // never writes past the span
+        }
+    }
+
+    [Fact]
     public void Compute_AllBitsDiffer_CountsEveryBitPastTheByteCounterFlush()
     {
         // 100 words of all-ones against zeros: 6,400 per filter, well past the 31-word byte-counter flush.

@@ -58,16 +58,22 @@ public sealed class TrainingTests
         AssertEngineMatchesTorch(net, model, images);
     }
 
+    /// <summary>One-epoch smoke options on a generated, learnable CIFAR-10 directory of <paramref name="perBatch"/> records per batch file.</summary>
+    private static TrainOptions TinyCnv(TempDirectory dir, int perBatch, int dataSeed, int seed, int batches)
+    {
+        TestData.WriteCifarDirectory(dir, perBatch, dataSeed, learnable: true);
+        return new TrainOptions
+        {
+            Arch = "cnv", Width = 0.125, Dataset = "cifar10", DataDir = dir.Path, Epochs = 1,
+            Out = dir.File("m.bnn"), Seed = seed, BatchSize = 20, MaxBatchesPerEpoch = batches, ValidationCount = perBatch,
+        };
+    }
+
     [Fact]
     public void TrainSmoke_CnvAndResume_ExportsAModelTheEngineReproducesExactly()
     {
         using var dir = new TempDirectory();
-        TestData.WriteCifarDirectory(dir, perBatch: 100, seed: 21, learnable: true);
-        var options = new TrainOptions
-        {
-            Arch = "cnv", Width = 0.125, Dataset = "cifar10", DataDir = dir.Path, Epochs = 1,
-            Out = dir.File("m.bnn"), Seed = 5, BatchSize = 20, MaxBatchesPerEpoch = 6, ValidationCount = 100,
-        };
+        var options = TinyCnv(dir, perBatch: 100, dataSeed: 21, seed: 5, batches: 6);
 
         // When training one epoch, then resuming to two
         var first = Trainer.Train(options);
@@ -87,13 +93,7 @@ public sealed class TrainingTests
     {
         // Given a briefly trained CNV and its radius-1 merge
         using var dir = new TempDirectory();
-        TestData.WriteCifarDirectory(dir, perBatch: 100, seed: 23, learnable: true);
-        var options = new TrainOptions
-        {
-            Arch = "cnv", Width = 0.125, Dataset = "cifar10", DataDir = dir.Path, Epochs = 1,
-            Out = dir.File("m.bnn"), Seed = 6, BatchSize = 20, MaxBatchesPerEpoch = 8, ValidationCount = 100,
-        };
-        var trained = Trainer.Train(options);
+        var trained = Trainer.Train(TinyCnv(dir, perBatch: 100, dataSeed: 23, seed: 6, batches: 8));
         var model = ModelFile.Load(dir.File("m.bnn"));
         var merged = model.WithLayers(model.Layers.Select(l => l is ConvLayer c ? Bnn.Sharing.ApproximatePlanner.Merge(c, 1).Layer : l).ToList());
         var (train, validation) = Datasets.HoldOut(Datasets.Load("cifar10", dir.Path, "train"), 100);
@@ -129,13 +129,7 @@ public sealed class TrainingTests
     public void SharingFineTune_CheckpointOfAnotherModel_IsAClearError()
     {
         using var dir = new TempDirectory();
-        TestData.WriteCifarDirectory(dir, perBatch: 40, seed: 24, learnable: true);
-        var options = new TrainOptions
-        {
-            Arch = "cnv", Width = 0.125, Dataset = "cifar10", DataDir = dir.Path, Epochs = 1,
-            Out = dir.File("m.bnn"), Seed = 7, BatchSize = 20, MaxBatchesPerEpoch = 2, ValidationCount = 40,
-        };
-        var trained = Trainer.Train(options);
+        var trained = Trainer.Train(TinyCnv(dir, perBatch: 40, dataSeed: 24, seed: 7, batches: 2));
         var other = RandomModels.Create(Architectures.Build("cnv", 0.125), new Shape(3, 32, 32), seed: 3);
         var (train, validation) = Datasets.HoldOut(Datasets.Load("cifar10", dir.Path, "train"), 40);
         var e = Assert.Throws<BnnDataException>(() => SharingFineTuner.Run(trained.BestCheckpointPath, other, other, train, validation, 1));

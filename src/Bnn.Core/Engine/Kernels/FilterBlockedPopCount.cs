@@ -44,11 +44,38 @@ internal static class FilterBlockedPopCount
     {
         if (IsAccelerated)
         {
-            Avx512(patch, block, counts);
+            Avx512F.ConvertToVector256Int32(Avx512Counts(patch, block).AsInt64()).CopyTo(counts);
         }
         else
         {
             Scalar(patch, block, counts);
+        }
+    }
+
+    /// <summary>
+    /// The conv's dot products n − 2·popcount for the block's filters, written straight to <paramref name="dot"/>
+    /// (its first min(8, dot.Length) entries): the engine's inner step, with no per-filter scalar work.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, int n, Span<int> dot)
+    {
+        Span<int> counts = stackalloc int[Block];
+        if (IsAccelerated)
+        {
+            var values = Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(Avx512Counts(patch, block).AsInt64()) << 1);
+            if (dot.Length >= Block)
+            {
+                values.CopyTo(dot);
+                return;
+            }
+            values.CopyTo(counts);
+            counts[..dot.Length].CopyTo(dot);
+            return;
+        }
+        Scalar(patch, block, counts);
+        for (int j = 0; j < dot.Length && j < Block; j++)
+        {
+            dot[j] = n - (2 * counts[j]);
         }
     }
 
@@ -66,7 +93,7 @@ internal static class FilterBlockedPopCount
         }
     }
 
-    private static void Avx512(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, Span<int> counts)
+    private static Vector512<ulong> Avx512Counts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block)
     {
         var table = Vector512.Create((byte)0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
             0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -74,10 +101,11 @@ internal static class FilterBlockedPopCount
         var total = Vector512<ulong>.Zero;
         var bytes = Vector512<byte>.Zero;
         ref ulong rw = ref Unsafe.AsRef(in block.GetPinnableReference());
+        ref ulong rp = ref Unsafe.AsRef(in patch.GetPinnableReference());
         int pending = 0;
         for (int t = 0; t < patch.Length; t++)
         {
-            var x = (Vector512.Create(patch[t]) ^ Vector512.LoadUnsafe(ref rw, (nuint)(t * Block))).AsByte();
+            var x = (Vector512.Create(Unsafe.Add(ref rp, t)) ^ Vector512.LoadUnsafe(ref rw, (nuint)(t * Block))).AsByte();
             bytes += Avx512BW.Shuffle(table, x & low) + Avx512BW.Shuffle(table, Avx512BW.ShiftRightLogical(x.AsUInt16(), 4).AsByte() & low);
             if (++pending == WordsPerFlush)
             {
@@ -86,10 +114,6 @@ internal static class FilterBlockedPopCount
                 pending = 0;
             }
         }
-        total += Avx512BW.SumAbsoluteDifferences(bytes, Vector512<byte>.Zero).AsUInt64();
-        for (int j = 0; j < Block; j++)
-        {
-            counts[j] = (int)total.GetElement(j);
-        }
+        return total + Avx512BW.SumAbsoluteDifferences(bytes, Vector512<byte>.Zero).AsUInt64();
     }
 }
