@@ -77,7 +77,8 @@ internal static class BenchCommand
             }
             var roofline = Roofline.Measure();
             var layers = ProfileLayers(m, set, roofline.Peak);
-            io.Out.Write(Render(rows, layers, roofline, m, names.Contains("shared") && planned != m));
+            var sharedLayers = names.Contains("shared") ? new SharedEngine(planned).ProfileLayers(set, Math.Min(set.Count, 64)).Select(t => t / Math.Min(set.Count, 64)).ToArray() : null;
+            io.Out.Write(Render(rows, layers, roofline, m, names.Contains("shared") && planned != m, sharedLayers));
             if (parse.GetValue(json) is string jsonPath)
             {
                 CommonOptions.WriteJson(jsonPath, w => WriteJson(w, path, rows, layers, roofline));
@@ -141,7 +142,7 @@ internal static class BenchCommand
         }).ToList();
     }
 
-    internal static string Render(IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline, BnnModel m, bool plannedHere)
+    internal static string Render(IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline, BnnModel m, bool plannedHere, double[]? sharedSeconds = null)
     {
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
@@ -157,10 +158,11 @@ internal static class BenchCommand
             sb.AppendLine("shared: the model carries no plans, so it ran with exact-similar plans made for the benchmark");
         }
         sb.AppendLine(inv, $"roofline (1 thread, operands in L1): {string.Join(", ", roofline.BitOpsPerSecond.Select(p => $"{p.Key} {p.Value / 1e9:F1}"))} Gbit-ops/s; peak {roofline.Peak / 1e9:F1} ({roofline.Best})");
-        sb.AppendLine(inv, $"{"layer",-6} {"kind",-10} {"tap ops",12} {"µs/image",9} {"Gbit-ops/s",10} {"of peak",8}");
+        sb.AppendLine(inv, $"{"layer",-6} {"kind",-10} {"tap ops",12} {"µs/image",9} {"Gbit-ops/s",10} {"of peak",8}{(sharedSeconds is null ? "" : " shared µs/image")}");
         foreach (var l in layers)
         {
-            sb.AppendLine(inv, $"{l.Index,-6} {l.Kind,-10} {l.TapOps,12:N0} {l.Seconds * 1e6,9:F1} {l.AchievedBitOps / 1e9,10:F2} {(l.TapOps > 0 ? l.Fraction.ToString("P1", inv) : "-"),8}");
+            string shared = sharedSeconds is null ? "" : string.Create(inv, $" {sharedSeconds[l.Index] * 1e6,15:F1}");
+            sb.AppendLine(inv, $"{l.Index,-6} {l.Kind,-10} {l.TapOps,12:N0} {l.Seconds * 1e6,9:F1} {l.AchievedBitOps / 1e9,10:F2} {(l.TapOps > 0 ? l.Fraction.ToString("P1", inv) : "-"),8}{shared}");
         }
         long totalOps = layers.Sum(l => l.TapOps);
         double totalSeconds = layers.Sum(l => l.Seconds);

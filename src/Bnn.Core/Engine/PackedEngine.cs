@@ -199,7 +199,7 @@ internal sealed class InputConvStep : PackedStep
     private readonly ConvLayer layer;
     private readonly Shape inShape;
     private readonly Shape outShape;
-    private readonly int[] weights; // (ky, kx, c, K padded to the vector width): one tap's filters are contiguous
+    private readonly int[] weights; // sign masks (ky, kx, c, K padded to the vector width): one tap's filters are contiguous
     private readonly int paddedK;
     private readonly int words;
 
@@ -222,7 +222,7 @@ internal sealed class InputConvStep : PackedStep
                 {
                     for (int c = 0; c < layer.InChannels; c++)
                     {
-                        weights[(((((ky * layer.KernelW) + kx) * layer.InChannels) + c) * paddedK) + k] = layer.Weight(k, c, ky, kx);
+                        weights[(((((ky * layer.KernelW) + kx) * layer.InChannels) + c) * paddedK) + k] = layer.Weight(k, c, ky, kx) < 0 ? -1 : 0;
                     }
                 }
             }
@@ -271,7 +271,9 @@ internal sealed class InputConvStep : PackedStep
                     var sum = System.Numerics.Vector<int>.Zero;
                     for (t = 0; t < taps; t++)
                     {
-                        sum += new System.Numerics.Vector<int>(patch[t]) * System.Numerics.Vector.LoadUnsafe(ref w0, (nuint)((t * paddedK) + k));
+                        // Weights are stored as sign masks (0 for +1, −1 for −1): (v ⊕ m) − m is v or −v, no multiply.
+                        var mask = System.Numerics.Vector.LoadUnsafe(ref w0, (nuint)((t * paddedK) + k));
+                        sum += (new System.Numerics.Vector<int>(patch[t]) ^ mask) - mask;
                     }
                     System.Numerics.Vector.StoreUnsafe(sum, ref sumRef, (nuint)k);
                 }

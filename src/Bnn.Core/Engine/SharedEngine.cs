@@ -40,6 +40,8 @@ public sealed class OpCounts
 public sealed class SharedEngine : IEngine
 {
     private readonly LayerPlan?[] plans;
+    private readonly SharedConvKernel?[] kernels;
+    private readonly int[]?[] denseMasks;
 
     /// <summary>Prepares <paramref name="model"/>, planning exactly any conv layer that carries no plan.</summary>
     public SharedEngine(BnnModel model, bool instrumented = false)
@@ -51,6 +53,15 @@ public sealed class SharedEngine : IEngine
         foreach (var (i, conv) in model.ConvLayers)
         {
             plans[i] = model.Plans.TryGetValue(i, out var p) ? p : FilterCode.Supports(conv) ? Planner.PlanExact(conv) : null;
+        }
+        kernels = new SharedConvKernel?[model.Layers.Count];
+        denseMasks = new int[]?[model.Layers.Count];
+        foreach (var (i, conv) in model.ConvLayers)
+        {
+            if (plans[i] is { } plan && SharedConvKernel.Supports(conv))
+            {
+                kernels[i] = new SharedConvKernel(conv, plan, model.InputShapes[i], model.OutputShapes[i]);
+            }
         }
         Counts = new OpCounts(model.Layers.Count);
     }
@@ -98,7 +109,20 @@ public sealed class SharedEngine : IEngine
         result.CopyTo(scores);
     }
 
-    private int[] ScoreImage(ReadOnlySpan<byte> pixels, OpCounts? counts)
+    /// <summary>Seconds spent in each layer over <paramref name="count"/> images on one thread (for <c>bnn bench</c>).</summary>
+    public double[] ProfileLayers(ImageSet images, int count)
+    {
+        ArgumentNullException.ThrowIfNull(images);
+        EngineExtensions.CheckInput(Model, images, 0, count, count * Model.Classes);
+        var ticks = new long[Model.Layers.Count];
+        for (int i = 0; i < count; i++)
+        {
+            ScoreImage(images.Image(i), null, ticks);
+        }
+        return ticks.Select(t => (double)t / System.Diagnostics.Stopwatch.Frequency).ToArray();
+    }
+
+    private int[] ScoreImage(ReadOnlySpan<byte> pixels, OpCounts? counts, long[]? ticks = null)
     {
         var x = new int[pixels.Length];
         PixelCode.EncodeImage((ConvLayer)Model.Layers[0], pixels, x);
@@ -106,8 +130,19 @@ public sealed class SharedEngine : IEngine
         {
             var inShape = Model.InputShapes[l];
             var outShape = Model.OutputShapes[l];
+            long started = ticks is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
             switch (Model.Layers[l])
             {
+                case ConvLayer c when kernels[l] is { } kernel:
+                    var acc = new int[outShape.Size];
+                    kernel.Run(x, acc);
+                    x = ReferenceEngine.Binarize(acc, c.Threshold, outShape.Height * outShape.Width);
+                    if (counts is not null)
+                    {
+                        counts.TapOps[l] += kernel.TapOpsPerImage;
+                        counts.AccumulateAdds[l] += Cost.CostModel.AccumulateAdds(c, outShape);
+                    }
+                    break;
                 case ConvLayer c when plans[l] is { } plan:
                     x = ReferenceEngine.Binarize(SharedConv(c, plan, x, inShape, outShape, counts, l), c.Threshold, outShape.Height * outShape.Width);
                     break;
@@ -122,16 +157,49 @@ public sealed class SharedEngine : IEngine
                     x = ReferenceEngine.MaxPool(p, x, inShape, outShape);
                     break;
                 case DenseLayer d:
-                    x = ReferenceEngine.Binarize(ReferenceEngine.Dense(d.Weights, d.InFeatures, d.OutFeatures, x), d.Threshold, 1);
+                    x = ReferenceEngine.Binarize(Dense(l, d.Weights, d.InFeatures, d.OutFeatures, x), d.Threshold, 1);
                     CountDense(counts, l);
                     break;
                 case OutputLayer o:
-                    x = ReferenceEngine.Dense(o.Weights, o.InFeatures, o.Classes, x);
+                    x = Dense(l, o.Weights, o.InFeatures, o.Classes, x);
                     CountDense(counts, l);
                     break;
             }
+            if (ticks is not null)
+            {
+                ticks[l] += System.Diagnostics.Stopwatch.GetTimestamp() - started;
+            }
         }
         return x;
+    }
+
+    /// <summary>
+    /// A dense layer on ±1 values as vector dot products: weights kept as sign masks (0 for +1, −1 for −1), so
+    /// w·x = (x ⊕ m) − m with no multiply. The dense layers are not shared; this only keeps them from dominating.
+    /// </summary>
+    private int[] Dense(int index, sbyte[] weights, int inFeatures, int outFeatures, int[] x)
+    {
+        var masks = denseMasks[index] ??= weights.Select(w => w < 0 ? -1 : 0).ToArray();
+        var y = new int[outFeatures];
+        int lanes = System.Numerics.Vector<int>.Count;
+        for (int o = 0; o < outFeatures; o++)
+        {
+            var row = masks.AsSpan(o * inFeatures, inFeatures);
+            var sum = System.Numerics.Vector<int>.Zero;
+            int i = 0;
+            for (; i + lanes <= inFeatures; i += lanes)
+            {
+                var m = new System.Numerics.Vector<int>(row.Slice(i, lanes));
+                sum += (new System.Numerics.Vector<int>(x.AsSpan(i, lanes)) ^ m) - m;
+            }
+            int total = System.Numerics.Vector.Sum(sum);
+            for (; i < inFeatures; i++)
+            {
+                total += (x[i] ^ row[i]) - row[i];
+            }
+            y[o] = total;
+        }
+        return y;
     }
 
     private void CountDense(OpCounts? counts, int index)
