@@ -102,8 +102,9 @@ internal static class ReproduceCommand
             Save(shared, outDir, $"{name}.{label}");
         }
         io.Err.WriteLine($"{name}: approximate search on {validation.Count} validation images");
+        var merges = new MergeCache(); // the fine-tuning search below tries many of the same merges
         var approx = ApproximateSearch.Run(model, validation, train.Take(2000), settings.MaxLoss, null, settings.MaxRadius, threads,
-            new ActionProgress<string>(line => io.Err.WriteLine($"  {line}")));
+            new ActionProgress<string>(line => io.Err.WriteLine($"  {line}")), merges);
         AddApproximate(modes, "approx", model, approx.Model, test, lossless, dense, threads);
         Save(approx.Model, outDir, $"{name}.approximate");
         var radii = string.Join(" ", approx.Radii.Select(p => $"conv{p.Key}={p.Value}"));
@@ -113,7 +114,7 @@ internal static class ReproduceCommand
             // is measured after fine-tuning, on validation for the choice and on test for the report.
             var before = settings.FinetuneSearchLoss == settings.MaxLoss ? approx
                 : ApproximateSearch.Run(model, validation, train.Take(2000), settings.FinetuneSearchLoss, null, settings.MaxRadius, threads,
-                    new ActionProgress<string>(line => io.Err.WriteLine($"  {line}")));
+                    new ActionProgress<string>(line => io.Err.WriteLine($"  {line}")), merges);
             io.Err.WriteLine($"{name}: sharing-aware fine-tuning for {settings.FinetuneEpochs} epochs from {settings.Checkpoint}");
             var tuned = Training.SharingFineTuner.Run(settings.Checkpoint, model, before.Model, train, validation, settings.FinetuneEpochs, threads: threads,
                 log: new ActionProgress<string>(line => io.Err.WriteLine($"  {line}")));

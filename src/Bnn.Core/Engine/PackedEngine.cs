@@ -199,7 +199,8 @@ internal sealed class InputConvStep : PackedStep
     private readonly ConvLayer layer;
     private readonly Shape inShape;
     private readonly Shape outShape;
-    private readonly int[] weights; // sign masks (ky, kx, c, K padded to the vector width): one tap's filters are contiguous
+    private readonly short[]? masks16; // sign masks (ky, kx, c, K padded to the vector width), when int16 sums suffice
+    private readonly int[]? masks32;   // the same in int32, for pixel levels too large for int16
     private readonly int paddedK;
     private readonly int words;
 
@@ -211,9 +212,12 @@ internal sealed class InputConvStep : PackedStep
         words = BitConvention.Words(outShape.Channels);
         OutputWords = outShape.Height * outShape.Width * words;
         int taps = layer.TapsPerOutput;
-        int lanes = System.Numerics.Vector<int>.Count;
+        long maxLevel = layer.PixelLevels is { } levels ? levels.Max(v => Math.Abs((long)v)) : PixelCode.MaxAbs;
+        // Any partial sum is at most max|level|·taps: int16 lanes (twice as many per vector) when that fits.
+        bool narrow = maxLevel * taps < short.MaxValue;
+        int lanes = narrow ? System.Numerics.Vector<short>.Count : System.Numerics.Vector<int>.Count;
         paddedK = (layer.OutChannels + lanes - 1) / lanes * lanes;
-        weights = new int[taps * paddedK];
+        var masks = new int[taps * paddedK];
         for (int k = 0; k < layer.OutChannels; k++)
         {
             for (int ky = 0; ky < layer.KernelH; ky++)
@@ -222,10 +226,18 @@ internal sealed class InputConvStep : PackedStep
                 {
                     for (int c = 0; c < layer.InChannels; c++)
                     {
-                        weights[(((((ky * layer.KernelW) + kx) * layer.InChannels) + c) * paddedK) + k] = layer.Weight(k, c, ky, kx) < 0 ? -1 : 0;
+                        masks[(((((ky * layer.KernelW) + kx) * layer.InChannels) + c) * paddedK) + k] = layer.Weight(k, c, ky, kx) < 0 ? -1 : 0;
                     }
                 }
             }
+        }
+        if (narrow)
+        {
+            masks16 = masks.Select(m => (short)m).ToArray();
+        }
+        else
+        {
+            masks32 = masks;
         }
     }
 
@@ -233,18 +245,30 @@ internal sealed class InputConvStep : PackedStep
 
     /// <summary>
     /// Raw accumulators, position-major: acc[(oy·Wo + ox)·K + k]. Vectorized across filters: each tap's level is
-    /// broadcast and multiplied into a vector of filters' sums, which stay in a register over all taps (levels are
-    /// bounded by the model's validation, so int32 lanes never overflow).
+    /// broadcast and added to or subtracted from a vector of filters' sums, which stay in a register over all taps.
     /// </summary>
     public void Accumulate(ReadOnlySpan<byte> pixels, Span<int> acc)
+    {
+        if (masks16 is not null)
+        {
+            Accumulate<short>(pixels, acc, masks16);
+        }
+        else
+        {
+            Accumulate<int>(pixels, acc, masks32!);
+        }
+    }
+
+    private void Accumulate<T>(ReadOnlySpan<byte> pixels, Span<int> acc, T[] masks)
+        where T : unmanaged, System.Numerics.IBinaryInteger<T>
     {
         int taps = layer.TapsPerOutput;
         int plane = inShape.Height * inShape.Width;
         Span<int> levels = pixels.Length <= 16384 ? stackalloc int[pixels.Length] : new int[pixels.Length];
         PixelCode.EncodeImage(layer, pixels, levels);
-        Span<int> patch = taps <= 1024 ? stackalloc int[taps] : new int[taps];
-        Span<int> sums = paddedK <= 1024 ? stackalloc int[paddedK] : new int[paddedK];
-        int lanes = System.Numerics.Vector<int>.Count;
+        Span<T> patch = taps <= 1024 ? stackalloc T[taps] : new T[taps];
+        Span<T> sums = paddedK <= 1024 ? stackalloc T[paddedK] : new T[paddedK];
+        int lanes = System.Numerics.Vector<T>.Count;
         for (int oy = 0; oy < outShape.Height; oy++)
         {
             for (int ox = 0; ox < outShape.Width; ox++)
@@ -259,25 +283,29 @@ internal sealed class InputConvStep : PackedStep
                         bool inside = iy >= 0 && iy < inShape.Height && ix >= 0 && ix < inShape.Width;
                         for (int c = 0; c < layer.InChannels; c++)
                         {
-                            patch[t++] = inside ? levels[(c * plane) + (iy * inShape.Width) + ix] : 0;
+                            patch[t++] = inside ? T.CreateTruncating(levels[(c * plane) + (iy * inShape.Width) + ix]) : T.Zero;
                         }
                     }
                 }
                 // Filters in vector-wide blocks, each block's sums kept in a register across all taps.
-                ref int w0 = ref weights[0];
-                ref int sumRef = ref sums[0];
+                ref T w0 = ref masks[0];
+                ref T sumRef = ref sums[0];
                 for (int k = 0; k < paddedK; k += lanes)
                 {
-                    var sum = System.Numerics.Vector<int>.Zero;
+                    var sum = System.Numerics.Vector<T>.Zero;
                     for (t = 0; t < taps; t++)
                     {
                         // Weights are stored as sign masks (0 for +1, −1 for −1): (v ⊕ m) − m is v or −v, no multiply.
                         var mask = System.Numerics.Vector.LoadUnsafe(ref w0, (nuint)((t * paddedK) + k));
-                        sum += (new System.Numerics.Vector<int>(patch[t]) ^ mask) - mask;
+                        sum += (new System.Numerics.Vector<T>(patch[t]) ^ mask) - mask;
                     }
                     System.Numerics.Vector.StoreUnsafe(sum, ref sumRef, (nuint)k);
                 }
-                sums.Slice(0, layer.OutChannels).CopyTo(acc.Slice(((oy * outShape.Width) + ox) * layer.OutChannels, layer.OutChannels));
+                var dst = acc.Slice(((oy * outShape.Width) + ox) * layer.OutChannels, layer.OutChannels);
+                for (int k = 0; k < dst.Length; k++)
+                {
+                    dst[k] = int.CreateTruncating(sums[k]);
+                }
             }
         }
     }

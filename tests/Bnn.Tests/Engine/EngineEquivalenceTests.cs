@@ -89,6 +89,26 @@ public sealed class EngineEquivalenceTests
         Assert.Equal(reference.Scores, engine.Run(images, threads: 2).Scores);
     }
 
+    [Theory]
+    [InlineData(100)]   // sums fit int16: the packed input layer uses 16-bit lanes
+    [InlineData(5000)]  // they do not: 32-bit lanes
+    public void Engines_CustomPixelLevels_MatchReferenceAndFloat(int spread)
+    {
+        var random = RandomModels.Create([new ConvSpec(20, 3, 1, 1), new ConvSpec(9, 3, 1, 0), new OutputSpec(5)], new Shape(3, 8, 8), seed: spread);
+        var first = (ConvLayer)random.Layers[0];
+        var rng = new Random(spread);
+        var levels = Enumerable.Range(0, 3 * 256).Select(_ => rng.Next(-spread, spread + 1)).ToArray();
+        var layer = new ConvLayer(first.OutChannels, first.InChannels, 3, 3, 1, 1, 0, true, first.Weights, first.Norm, levels);
+        var model = random.WithLayers([layer, .. random.Layers.Skip(1)]);
+        var images = TestData.RandomImages(5, spread, height: 8, width: 8, classes: 5);
+        foreach (var name in Names())
+        {
+            AssertMatches(Create(name, model), images);
+        }
+        var shared = new SharedEngine(model.WithPlans(Bnn.Sharing.Planner.PlanModel(model, Bnn.Sharing.Planner.ExactSimilar)));
+        Assert.Equal(new ReferenceEngine(model).Run(images).Scores, shared.Run(images).Scores);
+    }
+
     [Fact]
     public void FastEngine_RepeatedRuns_ReuseWorkspacesAndStayIdentical()
     {
