@@ -14,7 +14,7 @@ namespace Bnn.Cli;
 /// </summary>
 internal static class ReproduceCommand
 {
-    private const string LosslessTest = "losslessModestest_0-999.bin.gz";
+    private const string LosslessTest = "lossless_test_0-999.bin.gz";
 
     public static Command Create(CliIo io)
     {

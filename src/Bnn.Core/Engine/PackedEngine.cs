@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using Bnn.Data;
 using Bnn.Engine.Kernels;
 using Bnn.Model;
@@ -174,17 +175,30 @@ internal abstract class PackedStep
     protected static void BinarizePositions(ReadOnlySpan<int> acc, Threshold threshold, int positions, int channels, Span<ulong> output)
     {
         int words = BitConvention.Words(channels);
-        output.Clear();
+        var bounds = threshold.Bound;
+        var flips = threshold.FlipWords;
+        int lanes = Vector256<int>.Count;
         for (int p = 0; p < positions; p++)
         {
             var dst = output.Slice(p * words, words);
             var a = acc.Slice(p * channels, channels);
-            for (int k = 0; k < channels; k++)
+            for (int w = 0; w < words; w++)
             {
-                if (!threshold.IsPositive(k, a[k]))
+                // Bit set for −1: not ((a ≥ bound) ≠ flip). Eight channels per compare; the tail one by one.
+                int first = w * 64, count = Math.Min(64, channels - first);
+                ulong ge = 0;
+                int j = 0;
+                for (; j + lanes <= count; j += lanes)
                 {
-                    dst[k >> 6] |= 1UL << (k & 63);
+                    var cmp = Vector256.GreaterThanOrEqual(Vector256.Create(a.Slice(first + j, lanes)), Vector256.Create(bounds.AsSpan(first + j, lanes)));
+                    ge |= (ulong)cmp.ExtractMostSignificantBits() << j;
                 }
+                for (; j < count; j++)
+                {
+                    ge |= a[first + j] >= bounds[first + j] ? 1UL << j : 0;
+                }
+                ulong valid = count == 64 ? ulong.MaxValue : (1UL << count) - 1;
+                dst[w] = ~(ge ^ flips[w]) & valid;
             }
         }
     }

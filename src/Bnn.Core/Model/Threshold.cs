@@ -18,7 +18,15 @@ public sealed class Threshold
     {
         Bound = bound;
         Flip = flip;
+        FlipWords = new ulong[(flip.Length + 63) / 64];
+        for (int j = 0; j < flip.Length; j++)
+        {
+            FlipWords[j >> 6] |= flip[j] ? 1UL << (j & 63) : 0;
+        }
     }
+
+    /// <summary><see cref="Flip"/> packed 64 channels to a word, for the engines' vector binarization.</summary>
+    internal ulong[] FlipWords { get; }
 
     /// <summary>Per-channel integer bound.</summary>
     public int[] Bound { get; }
