@@ -38,9 +38,9 @@ public enum PopCountKernel
 public static class XorPopCount
 {
     /// <summary>
-    /// The kernel <see cref="PopCountKernel.Auto"/> resolves to. Measured with <c>bnn eval --popcount</c> on the
-    /// trained CNV (1 thread, 1,000 images, this 2-core EPYC, 2026-11-27, with a training run sharing the cores):
-    /// Avx512FilterBlocked 463-484 images/s, Scalar 292-318. Along a single filter CNV's rows are 1-12 words, too
+    /// The kernel <see cref="PopCountKernel.Auto"/> resolves to. Measured with BenchmarkDotNet (bench/RESULTS.md,
+    /// one CNV image, 1 thread, this 2-core EPYC, idle): Avx512FilterBlocked 251 µs, Scalar 872 µs. Along a single
+    /// filter CNV's rows are 1-12 words, too
     /// short for a lookup kernel to pay for its setup (Scalar 399 vs Avx512Lookup 252 images/s on an idle machine);
     /// across 8 filters the vector is always full. Without AVX-512BW, Scalar.
     /// </summary>
