@@ -56,10 +56,8 @@ internal static class FilterBlockedPopCount
     /// The conv's dot products n − 2·popcount for the block's filters, written straight to <paramref name="dot"/>
     /// (its first min(8, dot.Length) entries): the engine's inner step, with no per-filter scalar work.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, int n, Span<int> dot)
     {
-        Span<int> counts = stackalloc int[Block];
         if (IsAccelerated)
         {
             var values = Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(Avx512Counts(patch, block).AsInt64()) << 1);
@@ -68,10 +66,14 @@ internal static class FilterBlockedPopCount
                 values.CopyTo(dot);
                 return;
             }
-            values.CopyTo(counts);
-            counts[..dot.Length].CopyTo(dot);
+            for (int j = 0; j < dot.Length; j++)
+            {
+                dot[j] = values.GetElement(j);
+            }
             return;
         }
+        // Not inlined, so this frame's 32 bytes are released on return even when called in a loop.
+        Span<int> counts = stackalloc int[Block];
         Scalar(patch, block, counts);
         for (int j = 0; j < dot.Length && j < Block; j++)
         {
