@@ -65,12 +65,20 @@ public sealed class PackedEngine : IEngine
             }
             return;
         }
+        ScoreParallel(images, start, count, workers).CopyTo(scores);
+    }
+
+    // Separate from Score because a lambda's captured parameters are allocated on entry to the method that declares
+    // them: kept in Score, the single-threaded path would allocate that closure on every call.
+    private int[] ScoreParallel(ImageSet images, int start, int count, int workers)
+    {
+        int classes = Model.Classes;
         var ws = Workspaces(workers);
         // A span cannot be captured by the worker lambda; one array per call (not per image) is the price.
         var shared = new int[count * classes];
         EngineExtensions.ForEachImage(start, count, workers, (i, w) =>
             ScoreImage(images.Image(i), ws[w], shared.AsSpan((i - start) * classes, classes)));
-        shared.CopyTo(scores);
+        return shared;
     }
 
     /// <summary>
