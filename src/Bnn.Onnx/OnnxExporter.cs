@@ -62,8 +62,7 @@ public static class OnnxExporter
                     g.Initializer.Add(Constant.FloatTensor($"{at}.weight", Floats(c.Weights), c.OutChannels, c.InChannels, c.KernelH, c.KernelW));
                     x = Node(g, "Conv", at + ".conv", [x, $"{at}.weight"],
                         Ints("kernel_shape", c.KernelH, c.KernelW), Ints("strides", c.Stride, c.Stride), Ints("pads", pads, pads, pads, pads));
-                    long maxLevel = c.IsInputLayer ? Enumerable.Range(0, c.InChannels * 256).Max(v => Math.Abs((long)c.PixelLevel(v / 256, (byte)(v % 256)))) : 1;
-                    x = Binarize(g, at, x, c.Threshold, maxLevel * c.TapsPerOutput, [1, c.OutChannels, 1, 1]);
+                    x = Binarize(g, at, x, c.Threshold, c.MaxInputMagnitude * c.TapsPerOutput, [1, c.OutChannels, 1, 1]);
                     break;
                 case MaxPoolLayer p:
                     x = Node(g, "MaxPool", at + ".pool", [x], Ints("kernel_shape", p.Size, p.Size), Ints("strides", p.Size, p.Size));

@@ -234,9 +234,8 @@ internal sealed class InputConvStep : PackedStep
         words = BitConvention.Words(outShape.Channels);
         OutputWords = outShape.Height * outShape.Width * words;
         int taps = layer.TapsPerOutput;
-        long maxLevel = layer.PixelLevels is { } levels ? levels.Max(v => Math.Abs((long)v)) : PixelCode.MaxAbs;
         // Any partial sum is at most max|level|·taps: int16 lanes (twice as many per vector) when that fits.
-        bool narrow = maxLevel * taps < short.MaxValue;
+        bool narrow = layer.MaxInputMagnitude * taps < short.MaxValue;
         int lanes = narrow ? System.Numerics.Vector<short>.Count : System.Numerics.Vector<int>.Count;
         paddedK = (layer.OutChannels + lanes - 1) / lanes * lanes;
         var masks = new int[taps * paddedK];

@@ -32,13 +32,8 @@ internal sealed class SharedConvKernel
     /// sum (at most 2·max|x|·C·n, derivation corrections included) inside int16. That holds for every binary layer
     /// of up to 1,820 channels and for the input layer of 8-bit images under the standard pixel code.
     /// </summary>
-    public static bool Supports(ConvLayer layer)
-    {
-        long maxInput = layer.IsInputLayer ? MaxLevel(layer) : 1;
-        return layer.Stride == 1 && maxInput * layer.InChannels * layer.KernelH * layer.KernelW * 2 < short.MaxValue;
-    }
-
-    private static long MaxLevel(ConvLayer layer) => layer.PixelLevels is { } levels ? levels.Max(v => Math.Abs((long)v)) : PixelCode.MaxAbs;
+    public static bool Supports(ConvLayer layer) =>
+        layer.Stride == 1 && layer.MaxInputMagnitude * layer.TapsPerOutput * 2 < short.MaxValue;
 
     public SharedConvKernel(ConvLayer layer, LayerPlan plan, Shape inShape, Shape outShape)
     {
@@ -56,12 +51,9 @@ internal sealed class SharedConvKernel
                 continue;
             }
             int parentCode = plan.Nodes[node.Parent].Code;
-            int h = FilterCode.Hamming(parentCode, node.Code);
-            bool same = h <= n - h;
-            int diff = same ? parentCode ^ node.Code : parentCode ^ node.Code ^ FilterCode.Mask(n);
-            // See SharedEngine.SharedConv: R_v = ±R_u ∓ 2·Σ_{t∈D} u_t·x_t.
-            nodes[i] = new NodeStep(node.Channel, node.Parent, !same,
-                Taps(parentCode, Enumerable.Range(0, n).Where(t => ((diff >> t) & 1) != 0), same ? -2 : 2, layer.KernelW));
+            var (negated, diff) = plan.Derivation(i);
+            nodes[i] = new NodeStep(node.Channel, node.Parent, negated,
+                Taps(parentCode, Enumerable.Range(0, n).Where(t => ((diff >> t) & 1) != 0), negated ? 2 : -2, layer.KernelW));
         }
         added = new int[layer.OutChannels][];
         subtracted = new int[layer.OutChannels][];

@@ -250,9 +250,8 @@ public sealed class SharedEngine : IEngine
                 {
                     int parentCode = plan.Nodes[node.Parent].Code;
                     var parent = results[node.Parent];
-                    int h = FilterCode.Hamming(parentCode, node.Code);
-                    bool sameOrientation = h <= n - h;
-                    int diff = sameOrientation ? parentCode ^ node.Code : parentCode ^ node.Code ^ FilterCode.Mask(n);
+                    var (negated, diff) = plan.Derivation(i);
+                    bool sameOrientation = !negated;
                     int count = 0;
                     for (int t = 0; t < n; t++)
                     {

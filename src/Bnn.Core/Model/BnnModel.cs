@@ -198,10 +198,9 @@ public sealed class BnnModel
         {
             Fail($"{at}: pixel levels hold {levels.Length} values, expected {c.InChannels}x256");
         }
-        long max = levels.Max(v => Math.Abs((long)v));
-        if (max * c.TapsPerOutput >= 1L << 30)
+        if (c.MaxInputMagnitude * c.TapsPerOutput >= 1L << 30)
         {
-            Fail($"{at}: pixel levels up to {max} could overflow the accumulator over {c.TapsPerOutput} taps");
+            Fail($"{at}: pixel levels up to {c.MaxInputMagnitude} could overflow the accumulator over {c.TapsPerOutput} taps");
         }
     }
 

@@ -75,7 +75,14 @@ public sealed class ConvLayer : Layer
         Norm = norm;
         PixelLevels = pixelLevels;
         Threshold = Threshold.Fold(norm);
+        MaxInputMagnitude = !isInputLayer ? 1 : pixelLevels is null ? PixelCode.MaxAbs : pixelLevels.Select(v => Math.Abs((long)v)).DefaultIfEmpty(0).Max();
     }
+
+    /// <summary>
+    /// The largest |x| a tap can see: 1 for binary layers, the largest pixel level for the input layer. Times
+    /// <see cref="TapsPerOutput"/> it bounds every accumulator, which decides the engines' lane widths.
+    /// </summary>
+    public long MaxInputMagnitude { get; }
 
     /// <summary>
     /// For the input layer, the integer level of each pixel value per channel, (C, 256) row-major, or null for the

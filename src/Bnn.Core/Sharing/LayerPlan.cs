@@ -49,6 +49,20 @@ public sealed class LayerPlan
     /// <summary>±1 per filter, [k·C + c]: whether the filter is the node's code or its complement.</summary>
     public sbyte[] Signs { get; }
 
+    /// <summary>
+    /// How derived node <paramref name="i"/> follows from its parent u: it equals u (or −u when
+    /// <c>Negated</c>) except on the taps whose bits are set in <c>Corrected</c>, whose count is d = min(H, n − H).
+    /// Every engine derives R_v = ±R_u ∓ 2·Σ_{t∈Corrected} u_t·x_t from this.
+    /// </summary>
+    public (bool Negated, int Corrected) Derivation(int i)
+    {
+        var node = Nodes[i];
+        int parentCode = Nodes[node.Parent].Code;
+        int h = FilterCode.Hamming(parentCode, node.Code);
+        bool negated = h > Taps - h;
+        return (negated, negated ? parentCode ^ node.Code ^ FilterCode.Mask(Taps) : parentCode ^ node.Code);
+    }
+
     /// <summary>The tap-op cost of node <paramref name="i"/> per output position: n from scratch, else d.</summary>
     public int NodeCost(int i)
     {
