@@ -33,20 +33,19 @@ internal static class CheckpointCommands
     {
         var checkpoint = new Option<string>("--checkpoint") { Description = "training checkpoint (.ckpt) the model was exported from", Required = true };
         var model = CommonOptions.Model();
-        var data = CommonOptions.Data();
-        var dataset = CommonOptions.Dataset();
-        var split = CommonOptions.Split();
-        var file = CommonOptions.File();
-        var limit = CommonOptions.Limit();
+        var selection = new CommonOptions.ImageSelection();
         var threads = CommonOptions.Threads();
         var json = CommonOptions.Json();
         var command = new Command("fidelity", "Compare the engine's predictions with TorchSharp's eval-mode forward (float32 and float64) of the same network")
         {
-            checkpoint, model, data, dataset, split, file, limit, threads, json,
+            checkpoint, model,
         };
+        selection.AddTo(command);
+        command.Add(threads);
+        command.Add(json);
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
-            var images = CommonOptions.LoadImages(parse.GetValue(dataset)!, parse.GetValue(data)!, parse.GetValue(split)!, parse.GetValue(file), parse.GetValue(limit));
+            var images = selection.Load(parse);
             var m = CommonOptions.LoadModel(parse.GetValue(model)!);
             torch.set_num_threads(Math.Max(1, parse.GetValue(threads)));
             using var net = Exporter.LoadNetwork(parse.GetValue(checkpoint)!);

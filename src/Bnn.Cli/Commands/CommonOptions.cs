@@ -30,6 +30,33 @@ internal static class CommonOptions
 
     public static bool IsOnnx(string path) => path.EndsWith(".onnx", StringComparison.OrdinalIgnoreCase);
 
+    /// <summary>The options that pick an evaluation set: --data, --dataset, --split, --file, --limit.</summary>
+    public sealed class ImageSelection
+    {
+        public Option<string> Data { get; } = CommonOptions.Data();
+
+        public Option<string> Dataset { get; } = CommonOptions.Dataset();
+
+        public Option<string> Split { get; } = CommonOptions.Split();
+
+        public Option<string?> File { get; } = CommonOptions.File();
+
+        public Option<int?> Limit { get; } = CommonOptions.Limit();
+
+        /// <summary>Adds the options to <paramref name="command"/>, in the order above.</summary>
+        public void AddTo(Command command)
+        {
+            foreach (Option option in new Option[] { Data, Dataset, Split, File, Limit })
+            {
+                command.Add(option);
+            }
+        }
+
+        /// <summary>The images the parsed options select.</summary>
+        public ImageSet Load(ParseResult parse) =>
+            LoadImages(parse.GetValue(Dataset)!, parse.GetValue(Data)!, parse.GetValue(Split)!, parse.GetValue(File), parse.GetValue(Limit));
+    }
+
     public static ImageSet LoadImages(string dataset, string dir, string split, string? file, int? limit)
     {
         if (limit is <= 0)

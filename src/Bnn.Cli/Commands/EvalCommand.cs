@@ -16,26 +16,24 @@ internal static class EvalCommand
     public static Command Create(CliIo io)
     {
         var model = CommonOptions.Model();
-        var data = CommonOptions.Data();
-        var dataset = CommonOptions.Dataset();
-        var split = CommonOptions.Split();
-        var file = CommonOptions.File();
-        var limit = CommonOptions.Limit();
+        var selection = new CommonOptions.ImageSelection();
         var engine = new Option<string>("--engine") { Description = "inference engine", DefaultValueFactory = _ => "fast" }.AcceptOnlyFromAmong([.. EngineNames]);
         var threads = CommonOptions.Threads();
         var json = CommonOptions.Json();
         var kernel = new Option<PopCountKernel>("--popcount") { Description = "fast engine: popcount kernel", DefaultValueFactory = _ => PopCountKernel.Auto };
-        var command = new Command("eval", "Evaluate a model on a dataset: accuracy and images/s")
-        {
-            model, data, dataset, split, file, limit, engine, threads, json, kernel,
-        };
+        var command = new Command("eval", "Evaluate a model on a dataset: accuracy and images/s") { model };
+        selection.AddTo(command);
+        command.Add(engine);
+        command.Add(threads);
+        command.Add(json);
+        command.Add(kernel);
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
             int t = parse.GetValue(threads);
             CommonOptions.CheckThreads(t);
             var modelPath = parse.GetValue(model)!;
             var m = CommonOptions.LoadModel(modelPath);
-            var images = CommonOptions.LoadImages(parse.GetValue(dataset)!, parse.GetValue(data)!, parse.GetValue(split)!, parse.GetValue(file), parse.GetValue(limit));
+            var images = selection.Load(parse);
             var k = parse.GetValue(kernel);
             if (!XorPopCount.Supported.Contains(k) && k != PopCountKernel.Auto)
             {
@@ -56,8 +54,8 @@ internal static class EvalCommand
                 {
                     w.WriteStartObject();
                     w.WriteString("model", modelPath);
-                    w.WriteString("dataset", parse.GetValue(dataset));
-                    w.WriteString("split", parse.GetValue(file) ?? parse.GetValue(split));
+                    w.WriteString("dataset", parse.GetValue(selection.Dataset));
+                    w.WriteString("split", parse.GetValue(selection.File) ?? parse.GetValue(selection.Split));
                     w.WriteNumber("images", images.Count);
                     w.WriteNumber("correct", correct);
                     w.WriteNumber("accuracy", accuracy);

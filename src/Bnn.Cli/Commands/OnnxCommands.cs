@@ -43,23 +43,19 @@ internal static class OnnxCommands
     {
         var model = CommonOptions.Model();
         var onnx = new Option<string>("--onnx") { Description = "ONNX file to run in ONNX Runtime", Required = true };
-        var data = CommonOptions.Data();
-        var dataset = CommonOptions.Dataset();
-        var split = CommonOptions.Split();
-        var file = CommonOptions.File();
-        var limit = CommonOptions.Limit();
+        var selection = new CommonOptions.ImageSelection();
         var threads = CommonOptions.Threads();
         var json = CommonOptions.Json();
-        var command = new Command("check", "Compare our engine's predictions with ONNX Runtime's on a dataset; exit 2 on any difference")
-        {
-            model, onnx, data, dataset, split, file, limit, threads, json,
-        };
+        var command = new Command("check", "Compare our engine's predictions with ONNX Runtime's on a dataset; exit 2 on any difference") { model, onnx };
+        selection.AddTo(command);
+        command.Add(threads);
+        command.Add(json);
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
             int t = parse.GetValue(threads);
             CommonOptions.CheckThreads(t);
             var m = CommonOptions.LoadModel(parse.GetValue(model)!);
-            var images = CommonOptions.LoadImages(parse.GetValue(dataset)!, parse.GetValue(data)!, parse.GetValue(split)!, parse.GetValue(file), parse.GetValue(limit));
+            var images = selection.Load(parse);
             var result = Compare(m, File.ReadAllBytes(parse.GetValue(onnx)!), images, t);
             var inv = CultureInfo.InvariantCulture;
             io.Out.WriteLine(string.Create(inv,
