@@ -61,9 +61,11 @@ internal static class BenchCommand
                 : RandomImages(m, count);
             var planned = m.Plans.Count > 0 ? m : m.WithPlans(Planner.PlanModel(m, Planner.ExactSimilar));
             var rows = new List<Row>();
+            IReadOnlyList<LayerChoice> choices = [];
             foreach (var name in names)
             {
                 var engine = EvalCommand.CreateEngine(name, name == "shared" ? planned : m, path);
+                choices = engine is SharedEngine sharedEngine ? sharedEngine.Choices : choices;
                 var subset = name == "reference" ? set.Take(Math.Min(set.Count, 32)) : set;
                 foreach (int batch in batchSizes)
                 {
@@ -77,11 +79,12 @@ internal static class BenchCommand
             }
             var roofline = Roofline.Measure();
             var layers = ProfileLayers(m, set, roofline.Peak);
-            var sharedLayers = names.Contains("shared") ? new SharedEngine(planned).ProfileLayers(set, Math.Min(set.Count, 64)).Select(t => t / Math.Min(set.Count, 64)).ToArray() : null;
-            io.Out.Write(Render(rows, layers, roofline, m, names.Contains("shared") && planned != m, sharedLayers));
+            // Per layer, the plane conv's own time (every supported layer forced shared) beside the dense one, and what the shared engine chose.
+            var sharedLayers = names.Contains("shared") ? ProfileShared(planned, set) : null;
+            io.Out.Write(Render(rows, layers, roofline, m, names.Contains("shared") && planned != m, sharedLayers, choices));
             if (parse.GetValue(json) is string jsonPath)
             {
-                CommonOptions.WriteJson(jsonPath, w => WriteJson(w, path, rows, layers, roofline));
+                CommonOptions.WriteJson(jsonPath, w => WriteJson(w, path, rows, layers, roofline, choices));
             }
             return BnnApp.Ok;
         }));
@@ -129,6 +132,14 @@ internal static class BenchCommand
         return new Row(engine.Name, batch, threads, images.Count, median, ms[^1] - ms[0], self.PeakWorkingSet64 / (1024.0 * 1024.0));
     }
 
+    private static double[] ProfileShared(BnnModel planned, ImageSet images)
+    {
+        int count = Math.Min(images.Count, 64);
+        var engine = new SharedEngine(planned, selection: LayerSelection.Shared);
+        engine.ProfileLayers(images, Math.Min(count, 16));
+        return engine.ProfileLayers(images, count).Select(t => t / count).ToArray();
+    }
+
     private static List<LayerRow> ProfileLayers(BnnModel m, ImageSet images, double peak)
     {
         var engine = new PackedEngine(m);
@@ -142,7 +153,8 @@ internal static class BenchCommand
         }).ToList();
     }
 
-    internal static string Render(IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline, BnnModel m, bool plannedHere, double[]? sharedSeconds = null)
+    internal static string Render(IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline, BnnModel m, bool plannedHere,
+        double[]? sharedSeconds = null, IReadOnlyList<LayerChoice>? choices = null)
     {
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
@@ -158,10 +170,11 @@ internal static class BenchCommand
             sb.AppendLine("shared: the model carries no plans, so it ran with exact-similar plans made for the benchmark");
         }
         sb.AppendLine(inv, $"roofline (1 thread, operands in L1): {string.Join(", ", roofline.BitOpsPerSecond.Select(p => $"{p.Key} {p.Value / 1e9:F1}"))} Gbit-ops/s; peak {roofline.Peak / 1e9:F1} ({roofline.Best})");
-        sb.AppendLine(inv, $"{"layer",-6} {"kind",-10} {"tap ops",12} {"µs/image",9} {"Gbit-ops/s",10} {"of peak",8}{(sharedSeconds is null ? "" : " shared µs/image")}");
+        sb.AppendLine(inv, $"{"layer",-6} {"kind",-10} {"tap ops",12} {"µs/image",9} {"Gbit-ops/s",10} {"of peak",8}{(sharedSeconds is null ? "" : " shared µs/image  shared engine runs")}");
         foreach (var l in layers)
         {
-            string shared = sharedSeconds is null ? "" : string.Create(inv, $" {sharedSeconds[l.Index] * 1e6,15:F1}");
+            var choice = choices?.FirstOrDefault(c => c.Layer == l.Index);
+            string shared = sharedSeconds is null ? "" : string.Create(inv, $" {sharedSeconds[l.Index] * 1e6,15:F1}  {choice?.Reason ?? ""}");
             sb.AppendLine(inv, $"{l.Index,-6} {l.Kind,-10} {l.TapOps,12:N0} {l.Seconds * 1e6,9:F1} {l.AchievedBitOps / 1e9,10:F2} {(l.TapOps > 0 ? l.Fraction.ToString("P1", inv) : "-"),8}{shared}");
         }
         long totalOps = layers.Sum(l => l.TapOps);
@@ -174,8 +187,21 @@ internal static class BenchCommand
     private static string Ratio(Row r, Row? baseline) =>
         baseline is null ? "-" : (baseline.MsMedian / r.MsMedian).ToString("F2", CultureInfo.InvariantCulture) + "x";
 
-    private static void WriteJson(System.Text.Json.Utf8JsonWriter w, string path, IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline)
+    private static void WriteJson(System.Text.Json.Utf8JsonWriter w, string path, IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline,
+        IReadOnlyList<LayerChoice> choices)
     {
+        void WriteMicroseconds(string name, double value)
+        {
+            if (double.IsNaN(value))
+            {
+                w.WriteNull(name);
+            }
+            else
+            {
+                w.WriteNumber(name, value);
+            }
+        }
+
         w.WriteStartObject();
         w.WriteString("model", path);
         w.WriteStartArray("results");
@@ -211,6 +237,18 @@ internal static class BenchCommand
             w.WriteNumber("seconds_per_image", l.Seconds);
             w.WriteNumber("bit_ops_per_second", l.AchievedBitOps);
             w.WriteNumber("fraction_of_peak", l.Fraction);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteStartArray("shared_choices");
+        foreach (var c in choices)
+        {
+            w.WriteStartObject();
+            w.WriteNumber("index", c.Layer);
+            w.WriteBoolean("shared", c.Shared);
+            WriteMicroseconds("dense_us", c.DenseMicroseconds);
+            WriteMicroseconds("shared_us", c.SharedMicroseconds);
+            w.WriteString("reason", c.Reason);
             w.WriteEndObject();
         }
         w.WriteEndArray();

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Bnn.Data;
 using Bnn.Engine.Kernels;
@@ -18,20 +19,36 @@ public sealed class PackedEngine : IEngine
 
     /// <summary>Compiles <paramref name="model"/> for packed execution with the given popcount kernel.</summary>
     public PackedEngine(BnnModel model, PopCountKernel kernel = PopCountKernel.Auto)
+        : this(model, kernel == PopCountKernel.Auto ? XorPopCount.Best : kernel, null)
+    {
+    }
+
+    /// <summary>An engine whose steps are compiled here except where <paramref name="replaced"/> gives one (the shared engine's layers).</summary>
+    internal PackedEngine(BnnModel model, PopCountKernel kernel, IReadOnlyDictionary<int, PackedStep>? replaced)
     {
         ArgumentNullException.ThrowIfNull(model);
         Model = model;
-        Kernel = kernel == PopCountKernel.Auto ? XorPopCount.Best : kernel;
+        Kernel = kernel;
         steps = new PackedStep[model.Layers.Count];
         for (int i = 0; i < steps.Length; i++)
         {
-            steps[i] = Compile(model.Layers[i], model.InputShapes[i], model.OutputShapes[i], Kernel);
+            steps[i] = replaced is not null && replaced.TryGetValue(i, out var step)
+                ? step
+                : Compile(model.Layers[i], model.InputShapes[i], model.OutputShapes[i], Kernel, fastInput: true);
         }
     }
 
-    /// <summary>Compiles one layer for packed execution.</summary>
-    internal static PackedStep Compile(Layer layer, Shape inShape, Shape outShape, PopCountKernel kernel) => layer switch
+    /// <summary>
+    /// Compiles one layer for packed execution. With <paramref name="fastInput"/>, the input layer runs with VNNI on raw
+    /// pixels where it can (<see cref="VnniInputConvStep"/>), else as a dense plane conv (vectorized over pixels, every
+    /// 2-D filter computed: no sharing) where 512-bit vectors are accelerated; otherwise, and always for recalibration,
+    /// which reads its position-major accumulators, as <see cref="InputConvStep"/>.
+    /// </summary>
+    internal static PackedStep Compile(Layer layer, Shape inShape, Shape outShape, PopCountKernel kernel, bool fastInput = false) => layer switch
     {
+        ConvLayer { IsInputLayer: true } c when fastInput && VnniInputConvStep.Supports(c) => new VnniInputConvStep(c, inShape, outShape),
+        ConvLayer { IsInputLayer: true } c when fastInput && Vector512.IsHardwareAccelerated && PlaneConvStep.Supports(c) && Sharing.FilterCode.Supports(c)
+            => PlaneConvStep.Create(c, Sharing.Planner.PlanDense(c), inShape, outShape),
         ConvLayer { IsInputLayer: true } c => new InputConvStep(c, inShape, outShape),
         ConvLayer c => new BinaryConvStep(c, inShape, outShape, kernel),
         MaxPoolLayer p => new PoolStep(p, inShape, outShape),
@@ -108,7 +125,7 @@ public sealed class PackedEngine : IEngine
             long start = ticks is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
             bits = steps[i] switch
             {
-                InputConvStep s => s.Run(pixels, ws.Buffers[i], ws.Accumulators),
+                { TakesPixels: true } s => s.RunPixels(pixels, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
                 DenseStep { IsOutput: true } s => s.RunScores(bits, scores),
                 var s => s.Run(bits, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
             };
@@ -172,7 +189,13 @@ internal abstract class PackedStep
     /// <summary>Accumulators a step produces per image (0 for steps without a threshold).</summary>
     public virtual int AccumulatorCount => 0;
 
+    /// <summary>Whether the step reads the image's pixels (the input layer) instead of the previous step's bits.</summary>
+    public virtual bool TakesPixels => false;
+
     public virtual ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc) =>
+        throw new InvalidOperationException();
+
+    public virtual ReadOnlySpan<ulong> RunPixels(ReadOnlySpan<byte> pixels, ulong[] output, ulong[] padded, int[] acc) =>
         throw new InvalidOperationException();
 
     /// <summary>Raw accumulators, position-major (conv and dense steps only).</summary>
@@ -180,6 +203,7 @@ internal abstract class PackedStep
         throw new InvalidOperationException();
 
     /// <summary>Thresholds position-major accumulators into packed bits, one pixel of ⌈K/64⌉ words per position.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     protected static void BinarizePositions(ReadOnlySpan<int> acc, Threshold threshold, int positions, int channels, Span<ulong> output)
     {
         int words = BitConvention.Words(channels);
@@ -280,6 +304,7 @@ internal sealed class InputConvStep : PackedStep
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Accumulate<T>(ReadOnlySpan<byte> pixels, Span<int> acc, T[] masks)
         where T : unmanaged, System.Numerics.IBinaryInteger<T>
     {
@@ -331,7 +356,9 @@ internal sealed class InputConvStep : PackedStep
         }
     }
 
-    public ReadOnlySpan<ulong> Run(ReadOnlySpan<byte> pixels, ulong[] output, int[] acc)
+    public override bool TakesPixels => true;
+
+    public override ReadOnlySpan<ulong> RunPixels(ReadOnlySpan<byte> pixels, ulong[] output, ulong[] padded, int[] acc)
     {
         Accumulate(pixels, acc);
         BinarizePositions(acc, layer.Threshold, outShape.Height * outShape.Width, layer.OutChannels, output);
@@ -476,6 +503,7 @@ internal sealed class BinaryConvStep : PackedStep
     }
 
     /// <summary>Gathers each position's patch once and counts it against 8 filters per step.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc)
     {
         Span<ulong> patch = perFilter <= 512 ? stackalloc ulong[perFilter] : new ulong[perFilter];
@@ -500,6 +528,7 @@ internal sealed class BinaryConvStep : PackedStep
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void AccumulatePerFilter(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc)
     {
         for (int oy = 0; oy < outShape.Height; oy++)
@@ -569,6 +598,7 @@ internal sealed class PoolStep : PackedStep
         OutputWords = outShape.Height * outShape.Width * words;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc)
     {
         for (int oy = 0; oy < outShape.Height; oy++)
@@ -636,6 +666,7 @@ internal sealed class DenseStep : PackedStep
 
     public override int AccumulatorCount => outFeatures;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Accumulate(ReadOnlySpan<ulong> input, ulong[] padded, Span<int> acc)
     {
         for (int o = 0; o < outFeatures; o++)

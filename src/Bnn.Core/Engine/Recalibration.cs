@@ -101,7 +101,7 @@ public static class Recalibration
             var output = new ulong[step.OutputWords];
             if (step is InputConvStep input)
             {
-                input.Run(images.Image(i), output, scratch[w].Acc);
+                input.RunPixels(images.Image(i), output, scratch[w].Padded, scratch[w].Acc);
             }
             else
             {

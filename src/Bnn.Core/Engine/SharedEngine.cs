@@ -1,4 +1,5 @@
 using Bnn.Data;
+using Bnn.Engine.Kernels;
 using Bnn.Engine.Reference;
 using Bnn.Model;
 using Bnn.Sharing;
@@ -30,21 +31,42 @@ public sealed class OpCounts
     }
 }
 
+/// <summary>How <see cref="SharedEngine"/> picks, per conv layer, between its shared plane conv and the dense kernel.</summary>
+public enum LayerSelection
+{
+    /// <summary>Time both on this machine when the engine is built and keep the faster (outputs are identical either way).</summary>
+    Auto,
+
+    /// <summary>Every layer the plane conv supports runs shared (tests, and measuring the shared kernel itself).</summary>
+    Shared,
+}
+
+/// <summary>What the shared engine runs for one conv layer, and why.</summary>
+/// <param name="Layer">Layer index.</param>
+/// <param name="Shared">Whether the layer runs through its plan (else the dense packed kernel).</param>
+/// <param name="DenseMicroseconds">Measured time of the dense kernel per image (NaN if not measured).</param>
+/// <param name="SharedMicroseconds">Measured time of the shared plane conv per image (NaN if not measured).</param>
+/// <param name="Reason">Why.</param>
+public sealed record LayerChoice(int Layer, bool Shared, double DenseMicroseconds, double SharedMicroseconds, string Reason);
+
 /// <summary>
 /// Executes conv layers through their sharing plans: per input channel, each needed 2-D result is computed once
 /// (from scratch, or derived from an earlier one by correcting the taps where the codes differ), repeats and inverses
 /// reuse it with a sign, and each output accumulates Σ_c sign·R. Layers without a plan use the exact plan (repeats and
-/// inverses only). Scores are bit-identical to the dense engines for the weights the plan encodes. With
-/// <see cref="Instrumented"/> set, it counts the tap ops and additions it performs.
+/// inverses only). Scores are bit-identical to the dense engines for the weights the plan encodes.
+/// <para>It runs as the packed pipeline with the planned conv layers swapped for <see cref="PlaneConvStep"/> (vectorized
+/// over pixels); with <see cref="LayerSelection.Auto"/> a layer keeps the dense kernel where that measured faster here,
+/// and <see cref="Choices"/> records each decision. With <see cref="Instrumented"/> set it instead runs a plain
+/// implementation of the same plans that counts the tap ops and additions it performs (the cost model's terms).</para>
 /// </summary>
 public sealed class SharedEngine : IEngine
 {
     private readonly LayerPlan?[] plans;
-    private readonly SharedConvKernel?[] kernels;
     private readonly int[]?[] denseMasks;
+    private readonly PackedEngine? pipeline;
 
     /// <summary>Prepares <paramref name="model"/>, planning exactly any conv layer that carries no plan.</summary>
-    public SharedEngine(BnnModel model, bool instrumented = false)
+    public SharedEngine(BnnModel model, bool instrumented = false, LayerSelection selection = LayerSelection.Auto)
     {
         ArgumentNullException.ThrowIfNull(model);
         Model = model;
@@ -54,16 +76,14 @@ public sealed class SharedEngine : IEngine
         {
             plans[i] = model.Plans.TryGetValue(i, out var p) ? p : FilterCode.Supports(conv) ? Planner.PlanExact(conv) : null;
         }
-        kernels = new SharedConvKernel?[model.Layers.Count];
         denseMasks = new int[]?[model.Layers.Count];
-        foreach (var (i, conv) in model.ConvLayers)
-        {
-            if (plans[i] is { } plan && SharedConvKernel.Supports(conv))
-            {
-                kernels[i] = new SharedConvKernel(conv, plan, model.InputShapes[i], model.OutputShapes[i]);
-            }
-        }
         Counts = new OpCounts(model.Layers.Count);
+        if (!instrumented)
+        {
+            var (steps, choices) = ChooseSteps(selection);
+            Choices = choices;
+            pipeline = new PackedEngine(model, XorPopCount.Best, steps);
+        }
     }
 
     /// <inheritdoc/>
@@ -81,28 +101,70 @@ public sealed class SharedEngine : IEngine
     /// <summary>The plan used for each layer (null for non-conv layers).</summary>
     public IReadOnlyList<LayerPlan?> Plans => plans;
 
+    /// <summary>Per conv layer, whether it runs shared or dense and why (empty when instrumented).</summary>
+    public IReadOnlyList<LayerChoice> Choices { get; } = [];
+
+    private (Dictionary<int, PackedStep> Steps, List<LayerChoice> Choices) ChooseSteps(LayerSelection selection)
+    {
+        var steps = new Dictionary<int, PackedStep>();
+        var choices = new List<LayerChoice>();
+        foreach (var (i, conv) in Model.ConvLayers)
+        {
+            var inShape = Model.InputShapes[i];
+            var outShape = Model.OutputShapes[i];
+            string? unsupported = plans[i] is null ? "dense: no plan (kernel too large to plan)"
+                : conv.Stride != 1 ? "dense: stride ≠ 1 (the plane conv needs stride 1)"
+                : !PlaneConvStep.Supports(conv) ? "dense: sums exceed the plane conv's lanes"
+                : null;
+            if (unsupported is not null || plans[i] is not { } plan)
+            {
+                choices.Add(new LayerChoice(i, false, double.NaN, double.NaN, unsupported!));
+                continue;
+            }
+            var shared = PlaneConvStep.Create(conv, plan, inShape, outShape);
+            if (selection == LayerSelection.Shared)
+            {
+                steps[i] = shared;
+                choices.Add(new LayerChoice(i, true, double.NaN, double.NaN, "shared: forced"));
+                continue;
+            }
+            var dense = PackedEngine.Compile(conv, inShape, outShape, XorPopCount.Best, fastInput: true);
+            double denseTime = StepTimer.Microseconds(dense, inShape);
+            double sharedTime = StepTimer.Microseconds(shared, inShape);
+            bool useShared = sharedTime < denseTime;
+            if (useShared)
+            {
+                steps[i] = shared;
+            }
+            choices.Add(new LayerChoice(i, useShared, denseTime, sharedTime, useShared ? "shared: measured faster" : "dense: measured faster"));
+        }
+        return (steps, choices);
+    }
+
     /// <inheritdoc/>
     public void Score(ImageSet images, int start, int count, Span<int> scores, int threads = 1)
     {
+        if (pipeline is not null)
+        {
+            pipeline.Score(images, start, count, scores, threads);
+            return;
+        }
         EngineExtensions.CheckInput(Model, images, start, count, scores.Length);
         int classes = Model.Classes;
         var result = new int[count * classes];
         var perWorker = new OpCounts?[Math.Max(1, threads)];
         EngineExtensions.ForEachImage(start, count, threads, (i, w) =>
         {
-            var counts = Instrumented ? perWorker[w] ??= new OpCounts(Model.Layers.Count) : null;
+            var counts = perWorker[w] ??= new OpCounts(Model.Layers.Count);
             ScoreImage(images.Image(i), counts).CopyTo(result.AsSpan((i - start) * classes));
         });
-        if (Instrumented)
+        lock (Counts)
         {
-            lock (Counts)
+            foreach (var c in perWorker)
             {
-                foreach (var c in perWorker)
+                if (c is not null)
                 {
-                    if (c is not null)
-                    {
-                        Counts.Add(c);
-                    }
+                    Counts.Add(c);
                 }
             }
         }
@@ -110,19 +172,10 @@ public sealed class SharedEngine : IEngine
     }
 
     /// <summary>Seconds spent in each layer over <paramref name="count"/> images on one thread (for <c>bnn bench</c>).</summary>
-    public double[] ProfileLayers(ImageSet images, int count)
-    {
-        ArgumentNullException.ThrowIfNull(images);
-        EngineExtensions.CheckInput(Model, images, 0, count, count * Model.Classes);
-        var ticks = new long[Model.Layers.Count];
-        for (int i = 0; i < count; i++)
-        {
-            ScoreImage(images.Image(i), null, ticks);
-        }
-        return ticks.Select(t => (double)t / System.Diagnostics.Stopwatch.Frequency).ToArray();
-    }
+    public double[] ProfileLayers(ImageSet images, int count) =>
+        (pipeline ?? throw new InvalidOperationException("an instrumented engine is not profiled")).ProfileLayers(images, count);
 
-    private int[] ScoreImage(ReadOnlySpan<byte> pixels, OpCounts? counts, long[]? ticks = null)
+    private int[] ScoreImage(ReadOnlySpan<byte> pixels, OpCounts counts)
     {
         var x = new int[pixels.Length];
         PixelCode.EncodeImage((ConvLayer)Model.Layers[0], pixels, x);
@@ -130,28 +183,14 @@ public sealed class SharedEngine : IEngine
         {
             var inShape = Model.InputShapes[l];
             var outShape = Model.OutputShapes[l];
-            long started = ticks is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
             switch (Model.Layers[l])
             {
-                case ConvLayer c when kernels[l] is { } kernel:
-                    var acc = new int[outShape.Size];
-                    kernel.Run(x, acc);
-                    x = ReferenceEngine.Binarize(acc, c.Threshold, outShape.Height * outShape.Width);
-                    if (counts is not null)
-                    {
-                        counts.TapOps[l] += kernel.TapOpsPerImage;
-                        counts.AccumulateAdds[l] += Cost.CostModel.AccumulateAdds(c, outShape);
-                    }
-                    break;
                 case ConvLayer c when plans[l] is { } plan:
                     x = ReferenceEngine.Binarize(SharedConv(c, plan, x, inShape, outShape, counts, l), c.Threshold, outShape.Height * outShape.Width);
                     break;
                 case ConvLayer c:
                     x = ReferenceEngine.Binarize(ReferenceEngine.Conv(c, x, inShape, outShape), c.Threshold, outShape.Height * outShape.Width);
-                    if (counts is not null)
-                    {
-                        counts.TapOps[l] += Cost.CostModel.ConvBaselineTapOps(c, outShape);
-                    }
+                    counts.TapOps[l] += Cost.CostModel.ConvBaselineTapOps(c, outShape);
                     break;
                 case MaxPoolLayer p:
                     x = ReferenceEngine.MaxPool(p, x, inShape, outShape);
@@ -164,10 +203,6 @@ public sealed class SharedEngine : IEngine
                     x = Dense(l, o.Weights, o.InFeatures, o.Classes, x);
                     CountDense(counts, l);
                     break;
-            }
-            if (ticks is not null)
-            {
-                ticks[l] += System.Diagnostics.Stopwatch.GetTimestamp() - started;
             }
         }
         return x;
@@ -202,13 +237,7 @@ public sealed class SharedEngine : IEngine
         return y;
     }
 
-    private void CountDense(OpCounts? counts, int index)
-    {
-        if (counts is not null)
-        {
-            counts.TapOps[index] += Cost.CostModel.LayerTapOps(Model, index);
-        }
-    }
+    private void CountDense(OpCounts counts, int index) => counts.TapOps[index] += Cost.CostModel.LayerTapOps(Model, index);
 
     /// <summary>
     /// The shared conv: per channel, 2-D results R for the plan's nodes, then acc[k] += sign·R[node(k, c)].

@@ -16,6 +16,31 @@ public static class Planner
     /// </summary>
     public static LayerPlan PlanExact(ConvLayer layer) => Build(layer, Exact, classes => classes.Select(_ => -1).ToArray());
 
+    /// <summary>Mode name of the plan without sharing.</summary>
+    public const string Dense = "dense";
+
+    /// <summary>
+    /// No sharing: every 2-D filter (k, c) is its own node, computed from scratch. It lets the plane conv run a layer
+    /// densely (the fast engine's first layer), and is the baseline the cost model's savings are measured against.
+    /// </summary>
+    public static LayerPlan PlanDense(ConvLayer layer)
+    {
+        ArgumentNullException.ThrowIfNull(layer);
+        int n = layer.KernelH * layer.KernelW, k = layer.OutChannels, channels = layer.InChannels;
+        var codes = FilterCode.Codes(layer);
+        var nodes = new List<PlanNode>(k * channels);
+        var assignment = new int[k * channels];
+        for (int c = 0; c < channels; c++)
+        {
+            for (int f = 0; f < k; f++)
+            {
+                assignment[(f * channels) + c] = nodes.Count;
+                nodes.Add(new PlanNode(c, codes[c][f], -1));
+            }
+        }
+        return new LayerPlan(Dense, n, nodes, assignment, Enumerable.Repeat((sbyte)1, k * channels).ToArray());
+    }
+
     /// <summary>
     /// Per channel, a minimum spanning arborescence over the classes plus a virtual root: the root edge costs n
     /// (compute from scratch) and a class-to-class edge costs d(u, v) (derive by correcting d taps). With symmetric

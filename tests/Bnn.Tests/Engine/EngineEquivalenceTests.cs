@@ -9,7 +9,7 @@ namespace Bnn.Tests.Engine;
 public sealed class EngineEquivalenceTests
 {
     /// <summary>The engines under test, by name, built for a model.</summary>
-    internal static IEnumerable<string> Names() => ["reference", .. XorPopCount.Supported.Select(k => "fast-" + k)];
+    internal static IEnumerable<string> Names() => ["reference", .. XorPopCount.Supported.Select(k => "fast-" + k), "shared-exact", "shared-exact-similar"];
 
     public static TheoryData<string> EngineNames() => new(Names());
 
@@ -17,6 +17,9 @@ public sealed class EngineEquivalenceTests
     {
         "reference" => new ReferenceEngine(model),
         _ when name.StartsWith("fast-", StringComparison.Ordinal) => new PackedEngine(model, Enum.Parse<PopCountKernel>(name[5..])),
+        // Every layer the plane conv supports runs shared, whatever would be faster here.
+        "shared-exact" => new SharedEngine(model, selection: LayerSelection.Shared),
+        "shared-exact-similar" => new SharedEngine(model.WithPlans(Bnn.Sharing.Planner.PlanModel(model, Bnn.Sharing.Planner.ExactSimilar)), selection: LayerSelection.Shared),
         _ => throw new ArgumentException(name),
     };
 

@@ -55,9 +55,28 @@ public sealed class SharingTests
         var model = mode == "steiner" ? Planned(ClusteredModel(seed, padValue), Planner.ExactSimilar, steiner: true) : Planned(ClusteredModel(seed, padValue), mode);
         var images = TestData.RandomImages(4, seed, height: 17, width: 17);
         var dense = new PackedEngine(model).Run(images);
-        var shared = new SharedEngine(model).Run(images, threads: 2);
+        var shared = new SharedEngine(model, selection: LayerSelection.Shared).Run(images, threads: 2);
         Assert.Equal(new ReferenceEngine(model).Run(images).Scores, dense.Scores);
         Assert.Equal(dense.Scores, shared.Scores);
+    }
+
+    [Fact]
+    public void SharedEngine_Selection_ForcedRunsEveryStrideOneLayerShared_AutoRecordsMeasuredTimes()
+    {
+        var model = Planned(ClusteredModel(9), Planner.ExactSimilar);
+        var forced = new SharedEngine(model, selection: LayerSelection.Shared);
+        var auto = new SharedEngine(model);
+        var convs = model.ConvLayers.ToList();
+        Assert.Equal(convs.Select(p => p.Index), forced.Choices.Select(c => c.Layer));
+        Assert.Equal(convs.Select(p => p.Layer.Stride == 1), forced.Choices.Select(c => c.Shared));
+        foreach (var c in auto.Choices.Where(c => model.Layers[c.Layer] is ConvLayer { Stride: 1 }))
+        {
+            Assert.True(c.DenseMicroseconds > 0 && c.SharedMicroseconds > 0, c.Reason);
+            Assert.Equal(c.SharedMicroseconds < c.DenseMicroseconds, c.Shared);
+        }
+        Assert.Contains(auto.Choices, c => c.Reason.StartsWith("dense: stride", StringComparison.Ordinal));
+        var images = TestData.RandomImages(3, 9, height: 17, width: 17);
+        Assert.Equal(forced.Run(images).Scores, auto.Run(images).Scores);
     }
 
     [Theory]

@@ -95,6 +95,7 @@ internal static class FilterBlockedPopCount
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static Vector512<ulong> Avx512Counts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block)
     {
         var table = Vector512.Create((byte)0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,

@@ -1,0 +1,451 @@
+using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using Bnn.Data;
+using Bnn.Engine.Kernels;
+using Bnn.Model;
+using Bnn.Sharing;
+
+namespace Bnn.Engine;
+
+/// <summary>
+/// A stride-1 conv run through a <see cref="LayerPlan"/> over pixel planes, as a step of the packed pipeline. The plan
+/// turns the layer into, per input channel, a few distinct 2-D results (a small integer per pixel) and, per output
+/// channel, a ±1-signed sum of C of them. Both run over pixels in vector lanes: 8-bit lanes for ±1 inputs
+/// (|2-D result| ≤ n, 64 pixels per 512-bit vector), 16-bit lanes for the input layer's pixel levels.
+/// <para><b>Layout.</b> Each input channel is a plane of the padded image stored flat, row after row (width
+/// Wp = W + 2·pad). With stride 1, output (oy, ox) is flat position q = oy·Wp + ox and tap (ky, kx) reads plane
+/// position q + ky·Wp + kx: every tap is a constant offset, so a vector of consecutive q needs no gather. The kw − 1
+/// positions per row with ox ≥ Wo are computed and discarded.</para>
+/// <para><b>Order.</b> Per tile of consecutive positions and per block of input channels (sized so the block's 2-D
+/// results stay in L1 and their signed sum cannot overflow the lane), the block's nodes are computed (roots from their
+/// n taps, derived nodes from their parent with d corrections; nodes read with sign −1 are also stored negated),
+/// then every output channel adds its block's C_b rows in a register and widens the sum into a 16-bit accumulator.</para>
+/// <para><b>Packing.</b> Input bits are unpacked, and thresholded outputs packed, 64 pixels x 64 channels at a time
+/// through a bit-matrix transpose (<see cref="PlaneBits"/>). Bit-identical to the dense engines.</para>
+/// </summary>
+internal static class PlaneConvStep
+{
+    /// <summary>Whether the plane conv can run <paramref name="layer"/>: stride 1 and every sum inside its lanes.</summary>
+    public static bool Supports(ConvLayer layer)
+    {
+        ArgumentNullException.ThrowIfNull(layer);
+        long perNode = layer.MaxInputMagnitude * layer.KernelH * layer.KernelW;
+        long lane = layer.IsInputLayer ? short.MaxValue : sbyte.MaxValue;
+        return layer.Stride == 1 && perNode <= lane && perNode * layer.InChannels < short.MaxValue;
+    }
+
+    /// <summary>The step for <paramref name="layer"/> under <paramref name="plan"/>; the layer must be supported.</summary>
+    public static PackedStep Create(ConvLayer layer, LayerPlan plan, Shape inShape, Shape outShape) => layer.IsInputLayer
+        ? new PlaneConvStep<short>(layer, plan, inShape, outShape)
+        : new PlaneConvStep<sbyte>(layer, plan, inShape, outShape);
+}
+
+/// <summary>The plane conv in lanes of <typeparamref name="T"/> (see <see cref="PlaneConvStep"/>).</summary>
+internal sealed class PlaneConvStep<T> : PackedStep
+    where T : unmanaged, IBinaryInteger<T>, IMinMaxValue<T>
+{
+    // Node rows of one channel block. Longer rows spread each node's fixed cost over more positions, more channels
+    // per block spread the widening into the 16-bit accumulators; both want space. 32 KB (L1) measured best on CNV.
+    private const int RowBudgetBytes = 32 * 1024;
+    private const ulong BordersFilled = 0x5A5A_0F0F_C3C3_9696UL;
+    private static readonly int Lanes = Vector512<T>.Count;
+
+    private readonly ConvLayer layer;
+    private readonly Shape inShape;
+    private readonly Shape outShape;
+    private readonly int paddedWidth;
+    private readonly int flatOutputs;     // Ho·Wp
+    private readonly int accStride;       // flat outputs rounded up to whole tiles and to 64
+    private readonly int planeStride;     // per input channel, in lanes of T
+    private readonly int slots;
+    private readonly int tileVectors;      // vectors of consecutive positions each node row covers
+    private readonly ChannelBlock[] blocks;
+    private readonly short[] bounds;
+    private readonly ulong[] setWhenAtLeast; // per output channel: all ones if bit 1 (−1) means acc ≥ bound, else 0
+    private readonly int planeBytes;
+    private readonly int slotBytes;
+
+    public PlaneConvStep(ConvLayer layer, LayerPlan plan, Shape inShape, Shape outShape)
+    {
+        if (!PlaneConvStep.Supports(layer))
+        {
+            throw new ArgumentException("the plane conv does not support this layer", nameof(layer));
+        }
+        this.layer = layer;
+        this.inShape = inShape;
+        this.outShape = outShape;
+        paddedWidth = inShape.Width + (2 * layer.Padding);
+        int paddedHeight = inShape.Height + (2 * layer.Padding);
+        flatOutputs = outShape.Height * paddedWidth;
+        accStride = RoundUp(RoundUp(flatOutputs, Lanes), 64);
+        int reach = ((layer.KernelH - 1) * paddedWidth) + layer.KernelW - 1;
+        planeStride = RoundUp(Math.Max(accStride + reach, Math.Max(paddedHeight * paddedWidth, RoundUp(inShape.Height * inShape.Width, 64))), Lanes);
+        blocks = BuildBlocks(layer, plan, paddedWidth, planeStride, RoundUp(flatOutputs, Lanes) / Lanes, out slots, out tileVectors);
+        bounds = layer.Threshold.Bound.Select(b => (short)Math.Clamp(b, short.MinValue, short.MaxValue)).ToArray();
+        setWhenAtLeast = layer.Threshold.Flip.Select(f => f ? ulong.MaxValue : 0UL).ToArray();
+        OutputWords = outShape.Height * outShape.Width * BitConvention.Words(outShape.Channels);
+        planeBytes = layer.InChannels * planeStride * Unsafe.SizeOf<T>();
+        slotBytes = Math.Max(slots, 1) * tileVectors * Lanes * Unsafe.SizeOf<T>();
+        int accBytes = layer.OutChannels * accStride * sizeof(short);
+        PaddedWords = ((planeBytes + slotBytes + accBytes + sizeof(ulong) - 1) / sizeof(ulong)) + 1; // + the borders marker
+    }
+
+    /// <summary>The input layer reads pixel levels into the accumulator scratch first.</summary>
+    public override int AccumulatorCount => layer.IsInputLayer ? inShape.Size : 0;
+
+    public override bool TakesPixels => layer.IsInputLayer;
+
+    /// <summary>
+    /// Consecutive input channels whose nodes are computed together. <c>Program</c> holds each node as
+    /// [slot, parent slot or −1, negate parent (0/1), negated slot or −1, #plus, #minus, plane base, plus offsets…,
+    /// minus offsets…] (slots in elements of the rows scratch; a ±2 correction appears twice); <c>Offsets</c>[k·Channels + j]
+    /// is the row output k adds for channel First + j.
+    /// </summary>
+    private sealed record ChannelBlock(int First, int Channels, int NodeCount, int[] Program, int[] Offsets);
+
+    private static int RoundUp(int value, int multiple) => (value + multiple - 1) / multiple * multiple;
+
+    private static ChannelBlock[] BuildBlocks(ConvLayer layer, LayerPlan plan, int paddedWidth, int planeStride, int vectors,
+        out int maxSlots, out int tileVectors)
+    {
+        int n = plan.Taps, kw = layer.KernelW, c = layer.InChannels, k = layer.OutChannels;
+        long perNode = layer.MaxInputMagnitude * n;
+        int maxChannels = (int)Math.Max(1, long.CreateTruncating(T.MaxValue) / perNode);
+        var nodesOf = new List<int>[c];
+        for (int i = 0; i < plan.Nodes.Count; i++)
+        {
+            (nodesOf[plan.Nodes[i].Channel] ??= []).Add(i);
+        }
+        var negated = new bool[plan.Nodes.Count];
+        for (int f = 0; f < plan.Assignment.Length; f++)
+        {
+            negated[plan.Assignment[f]] |= plan.Signs[f] < 0;
+        }
+        int RowsOf(int channel) => (nodesOf[channel] ?? []).Sum(i => negated[i] ? 2 : 1);
+        // Rows as long as the budget allows for the busiest channel: a node's fixed cost is spread over more positions.
+        int rowBytes = Lanes * Unsafe.SizeOf<T>();
+        int busiest = Enumerable.Range(0, c).Max(RowsOf);
+        tileVectors = Math.Clamp(RowBudgetBytes / (Math.Max(busiest, 1) * rowBytes), 1, vectors);
+        int rowLength = tileVectors * Lanes;
+        int slotBudget = Math.Max(busiest, RowBudgetBytes / (tileVectors * rowBytes));
+        var blocks = new List<ChannelBlock>();
+        maxSlots = 0;
+        for (int first = 0; first < c;)
+        {
+            int count = 1, rows = RowsOf(first);
+            while (first + count < c && count < maxChannels && rows + RowsOf(first + count) <= slotBudget)
+            {
+                rows += RowsOf(first + count++);
+            }
+            var slot = new int[plan.Nodes.Count];
+            var negatedSlot = new int[plan.Nodes.Count];
+            var program = new List<int>();
+            int next = 0, nodeCount = 0;
+            for (int ch = first; ch < first + count; ch++)
+            {
+                foreach (int i in nodesOf[ch] ?? [])
+                {
+                    slot[i] = next++;
+                    negatedSlot[i] = negated[i] ? next++ : -1;
+                    AppendNode(program, plan, i, slot, negatedSlot, rowLength, kw, paddedWidth, planeStride);
+                    nodeCount++;
+                }
+            }
+            var offsets = new int[k * count];
+            for (int o = 0; o < k; o++)
+            {
+                for (int j = 0; j < count; j++)
+                {
+                    int f = (o * c) + first + j;
+                    int node = plan.Assignment[f];
+                    offsets[(o * count) + j] = (plan.Signs[f] > 0 ? slot[node] : negatedSlot[node]) * rowLength;
+                }
+            }
+            blocks.Add(new ChannelBlock(first, count, nodeCount, [.. program], offsets));
+            maxSlots = Math.Max(maxSlots, next);
+            first += count;
+        }
+        return [.. blocks];
+    }
+
+    private static void AppendNode(List<int> program, LayerPlan plan, int i, int[] slot, int[] negatedSlot, int rowLength, int kw, int paddedWidth, int planeStride)
+    {
+        var node = plan.Nodes[i];
+        // Roots add code_t·x_t over all n taps; derived nodes correct their parent's taps (LayerPlan.Derivation).
+        bool negate = false;
+        int corrected = FilterCode.Mask(plan.Taps), code = node.Code, times = 1;
+        if (!node.IsRoot)
+        {
+            (negate, corrected) = plan.Derivation(i);
+            code = plan.Nodes[node.Parent].Code;
+            times = 2;
+        }
+        var plus = new List<int>();
+        var minus = new List<int>();
+        for (int t = 0; t < plan.Taps; t++)
+        {
+            if (((corrected >> t) & 1) == 0)
+            {
+                continue;
+            }
+            // Root: +code_t·x. Derived: −2·code_t·x (same orientation) or +2·code_t·x (negated), see LayerPlan.Derivation.
+            bool positive = (((code >> t) & 1) == 0) == (node.IsRoot || negate);
+            (positive ? plus : minus).AddRange(Enumerable.Repeat(((t / kw) * paddedWidth) + (t % kw), times));
+        }
+        program.AddRange([slot[i] * rowLength, node.IsRoot ? -1 : slot[node.Parent] * rowLength, negate ? 1 : 0,
+            negatedSlot[i] < 0 ? -1 : negatedSlot[i] * rowLength, plus.Count, minus.Count, node.Channel * planeStride]);
+        program.AddRange(plus);
+        program.AddRange(minus);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public override ReadOnlySpan<ulong> RunPixels(ReadOnlySpan<byte> pixels, ulong[] output, ulong[] padded, int[] acc)
+    {
+        var planes = Planes(padded);
+        var levels = acc.AsSpan(0, inShape.Size);
+        PixelCode.EncodeImage(layer, pixels, levels);
+        int p = layer.Padding, h = inShape.Height, w = inShape.Width;
+        for (int c = 0; c < inShape.Channels; c++)
+        {
+            for (int y = 0; y < h; y++)
+            {
+                var src = levels.Slice(((c * h) + y) * w, w);
+                var dst = planes.Slice((c * planeStride) + ((y + p) * paddedWidth) + p, w);
+                for (int x = 0; x < w; x++)
+                {
+                    dst[x] = T.CreateTruncating(src[x]);
+                }
+            }
+        }
+        Convolve(padded);
+        Pack(padded, output);
+        return output;
+    }
+
+    public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc)
+    {
+        Unpack(input, padded);
+        Convolve(padded);
+        Pack(padded, output);
+        return output;
+    }
+
+    /// <summary>The planes, with their padded borders filled the first time this scratch is used (later images only overwrite the interior).</summary>
+    private Span<T> Planes(ulong[] scratch)
+    {
+        var planes = MemoryMarshal.Cast<ulong, T>(scratch.AsSpan())[..(layer.InChannels * planeStride)];
+        if (layer.Padding > 0 && scratch[^1] != BordersFilled)
+        {
+            int size = (inShape.Height + (2 * layer.Padding)) * paddedWidth;
+            for (int c = 0; c < layer.InChannels; c++)
+            {
+                planes.Slice(c * planeStride, size).Fill(T.CreateTruncating(layer.PadValue));
+            }
+            scratch[^1] = BordersFilled;
+        }
+        return planes;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void Unpack(ReadOnlySpan<ulong> input, ulong[] scratch)
+    {
+        var planes = Planes(scratch);
+        int pixels = inShape.Height * inShape.Width, words = BitConvention.Words(inShape.Channels);
+        int p = layer.Padding, w = inShape.Width;
+        Span<ulong> masks = stackalloc ulong[64];
+        Span<T> values = stackalloc T[64];
+        ref T plane0 = ref MemoryMarshal.GetReference(planes);
+        for (int word = 0; word < words; word++)
+        {
+            int channels = Math.Min(64, inShape.Channels - (word * 64));
+            for (int first = 0; first < pixels; first += 64)
+            {
+                int count = Math.Min(64, pixels - first);
+                for (int i = 0; i < 64; i++)
+                {
+                    masks[i] = i < count ? input[((first + i) * words) + word] : 0;
+                }
+                PlaneBits.Transpose64(masks);
+                for (int j = 0; j < channels; j++)
+                {
+                    int c = (word * 64) + j;
+                    if (p == 0)
+                    {
+                        // Unpadded planes are the packed pixel order: 64 values in place (the tail spills into slack).
+                        Expand(masks[j], ref Unsafe.Add(ref plane0, (c * planeStride) + first));
+                        continue;
+                    }
+                    Expand(masks[j], ref values[0]);
+                    for (int i = 0, y = first / w, x = first % w; i < count; y++, x = 0)
+                    {
+                        int run = Math.Min(w - x, count - i);
+                        values.Slice(i, run).CopyTo(planes.Slice((c * planeStride) + ((y + p) * paddedWidth) + x + p, run));
+                        i += run;
+                    }
+                }
+            }
+        }
+    }
+
+    private static void Expand(ulong mask, ref T values)
+    {
+        if (typeof(T) == typeof(sbyte))
+        {
+            PlaneBits.Expand(mask, ref Unsafe.As<T, sbyte>(ref values));
+        }
+        else
+        {
+            PlaneBits.Expand(mask, ref Unsafe.As<T, short>(ref values));
+        }
+    }
+
+    /// <summary>Fills the 16-bit accumulators (K rows of flat positions) from the planes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void Convolve(ulong[] scratch)
+    {
+        var bytes = MemoryMarshal.AsBytes(scratch.AsSpan());
+        ref T planes = ref Unsafe.As<byte, T>(ref bytes[0]);
+        ref T rows = ref Unsafe.As<byte, T>(ref bytes[planeBytes]);
+        ref short acc = ref Unsafe.As<byte, short>(ref bytes[planeBytes + slotBytes]);
+        int k = layer.OutChannels, lanes = Lanes, vectors = RoundUp(flatOutputs, lanes) / lanes;
+        for (int tile = 0; tile < vectors; tile += tileVectors)
+        {
+            int count = Math.Min(tileVectors, vectors - tile);
+            int q = tile * lanes;
+            for (int b = 0; b < blocks.Length; b++)
+            {
+                var block = blocks[b];
+                ref int step = ref MemoryMarshal.GetArrayDataReference(block.Program);
+                for (int i = 0; i < block.NodeCount; i++)
+                {
+                    step = ref ComputeNode(ref step, ref Unsafe.Add(ref planes, q), ref rows, count);
+                }
+                int channels = block.Channels;
+                ref int offsets = ref MemoryMarshal.GetArrayDataReference(block.Offsets);
+                for (int o = 0; o < k; o++)
+                {
+                    ref int own = ref Unsafe.Add(ref offsets, o * channels);
+                    ref short accRow = ref Unsafe.Add(ref acc, (o * accStride) + q);
+                    for (int v = 0; v < count; v++)
+                    {
+                        ref T column = ref Unsafe.Add(ref rows, v * lanes);
+                        var sum = Vector512.LoadUnsafe(ref column, (nuint)own);
+                        for (int j = 1; j < channels; j++)
+                        {
+                            sum += Vector512.LoadUnsafe(ref column, (nuint)Unsafe.Add(ref own, j));
+                        }
+                        Accumulate(sum, ref Unsafe.Add(ref accRow, v * lanes), b == 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Computes one node's row over <paramref name="count"/> vectors; returns the next node's program entry.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ref int ComputeNode(ref int step, ref T tileOrigin, ref T rows, int count)
+    {
+        int slot = step, parent = Unsafe.Add(ref step, 1), negatedSlot = Unsafe.Add(ref step, 3);
+        bool negate = Unsafe.Add(ref step, 2) != 0;
+        int plus = Unsafe.Add(ref step, 4), minus = Unsafe.Add(ref step, 5);
+        ref T origin = ref Unsafe.Add(ref tileOrigin, Unsafe.Add(ref step, 6));
+        ref int taps = ref Unsafe.Add(ref step, 7);
+        int lanes = Lanes;
+        for (int v = 0; v < count; v++)
+        {
+            int at = v * lanes;
+            var value = Vector512<T>.Zero;
+            if (parent >= 0)
+            {
+                value = Vector512.LoadUnsafe(ref rows, (nuint)(parent + at));
+                value = negate ? -value : value;
+            }
+            ref T x = ref Unsafe.Add(ref origin, at);
+            for (int t = 0; t < plus; t++)
+            {
+                value += Vector512.LoadUnsafe(ref x, (nuint)Unsafe.Add(ref taps, t));
+            }
+            for (int t = plus; t < plus + minus; t++)
+            {
+                value -= Vector512.LoadUnsafe(ref x, (nuint)Unsafe.Add(ref taps, t));
+            }
+            value.StoreUnsafe(ref rows, (nuint)(slot + at));
+            if (negatedSlot >= 0)
+            {
+                (-value).StoreUnsafe(ref rows, (nuint)(negatedSlot + at));
+            }
+        }
+        return ref Unsafe.Add(ref taps, plus + minus);
+    }
+
+    /// <summary>Adds (or, for the first block, stores) a block's sum into the 16-bit accumulators.</summary>
+    private static void Accumulate(Vector512<T> sum, ref short acc, bool first)
+    {
+        if (typeof(T) == typeof(sbyte))
+        {
+            var (lower, upper) = Vector512.Widen(sum.As<T, sbyte>());
+            if (!first)
+            {
+                lower += Vector512.LoadUnsafe(ref acc);
+                upper += Vector512.LoadUnsafe(ref acc, 32);
+            }
+            lower.StoreUnsafe(ref acc);
+            upper.StoreUnsafe(ref acc, 32);
+            return;
+        }
+        var value = sum.As<T, short>();
+        if (!first)
+        {
+            value += Vector512.LoadUnsafe(ref acc);
+        }
+        value.StoreUnsafe(ref acc);
+    }
+
+    /// <summary>Thresholds the accumulators and packs them, 64 positions x 64 channels per transpose, into pixel words.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void Pack(ulong[] scratch, ulong[] output)
+    {
+        var bytes = MemoryMarshal.AsBytes(scratch.AsSpan());
+        ref short acc = ref Unsafe.As<byte, short>(ref bytes[planeBytes + slotBytes]);
+        int k = layer.OutChannels, words = BitConvention.Words(k), wo = outShape.Width;
+        Span<ulong> masks = stackalloc ulong[64];
+        for (int first = 0; first < flatOutputs; first += 64)
+        {
+            for (int word = 0; word < words; word++)
+            {
+                for (int j = 0; j < 64; j++)
+                {
+                    int o = (word * 64) + j;
+                    if (o >= k)
+                    {
+                        masks[j] = 0;
+                        continue;
+                    }
+                    var bound = Vector512.Create(bounds[o]);
+                    ref short row = ref Unsafe.Add(ref acc, (o * accStride) + first);
+                    ulong atLeast = Vector512.GreaterThanOrEqual(Vector512.LoadUnsafe(ref row), bound).ExtractMostSignificantBits()
+                        | (Vector512.GreaterThanOrEqual(Vector512.LoadUnsafe(ref row, 32), bound).ExtractMostSignificantBits() << 32);
+                    // Bit 1 (−1) exactly when the threshold says negative: (acc ≥ bound) == flip.
+                    masks[j] = ~(atLeast ^ setWhenAtLeast[o]);
+                }
+                PlaneBits.Transpose64(masks);
+                int count = Math.Min(64, flatOutputs - first);
+                for (int i = 0, y = first / paddedWidth, x = first % paddedWidth; i < count; i++)
+                {
+                    if (x < wo)
+                    {
+                        output[(((y * wo) + x) * words) + word] = masks[i];
+                    }
+                    if (++x == paddedWidth)
+                    {
+                        x = 0;
+                        y++;
+                    }
+                }
+            }
+        }
+    }
+}
+
