@@ -502,29 +502,37 @@ internal sealed class BinaryConvStep : PackedStep
         }
     }
 
-    /// <summary>Gathers each position's patch once and counts it against 8 filters per step.</summary>
+    /// <summary>Gathers each position's patch once and counts positions in pairs against 8 filters per step.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc)
     {
-        Span<ulong> patch = perFilter <= 512 ? stackalloc ulong[perFilter] : new ulong[perFilter];
-        int k = layer.OutChannels;
+        Span<ulong> patches = 2 * perFilter <= 1024 ? stackalloc ulong[2 * perFilter] : new ulong[2 * perFilter];
+        var patchA = patches[..perFilter];
+        var patchB = patches[perFilter..];
+        int k = layer.OutChannels, wo = outShape.Width, positions = outShape.Height * wo;
         int blockWords = perFilter * FilterBlockedPopCount.Block;
-        for (int oy = 0; oy < outShape.Height; oy++)
+        for (int p = 0; p < positions; p += 2)
         {
-            for (int ox = 0; ox < outShape.Width; ox++)
+            // The second of a pair repeats the first at an odd end; its results are overwritten with the same values.
+            int q = Math.Min(p + 1, positions - 1);
+            GatherPatch(src, p / wo, p % wo, rowWidth, rowWords, patchA);
+            GatherPatch(src, q / wo, q % wo, rowWidth, rowWords, patchB);
+            var dstA = acc.Slice(p * k, k);
+            var dstB = acc.Slice(q * k, k);
+            for (int b = 0; b * FilterBlockedPopCount.Block < k; b++)
             {
-                int baseIndex = (((oy * layer.Stride) * rowWidth) + (ox * layer.Stride)) * inWords;
-                for (int ky = 0; ky < layer.KernelH; ky++)
-                {
-                    src.Slice(baseIndex + (ky * rowWidth * inWords), rowWords).CopyTo(patch.Slice(ky * rowWords, rowWords));
-                }
-                var dst = acc.Slice(((oy * outShape.Width) + ox) * k, k);
-                for (int b = 0; b * FilterBlockedPopCount.Block < k; b++)
-                {
-                    int first = b * FilterBlockedPopCount.Block;
-                    FilterBlockedPopCount.DotProducts(patch, blocked.AsSpan(b * blockWords, blockWords), n, dst[first..]);
-                }
+                int first = b * FilterBlockedPopCount.Block;
+                FilterBlockedPopCount.DotProducts(patchA, patchB, blocked.AsSpan(b * blockWords, blockWords), n, dstA[first..], dstB[first..]);
             }
+        }
+    }
+
+    private void GatherPatch(ReadOnlySpan<ulong> src, int oy, int ox, int rowWidth, int rowWords, Span<ulong> patch)
+    {
+        int baseIndex = (((oy * layer.Stride) * rowWidth) + (ox * layer.Stride)) * inWords;
+        for (int ky = 0; ky < layer.KernelH; ky++)
+        {
+            src.Slice(baseIndex + (ky * rowWidth * inWords), rowWords).CopyTo(patch.Slice(ky * rowWords, rowWords));
         }
     }
 

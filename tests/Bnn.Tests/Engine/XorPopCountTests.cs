@@ -93,6 +93,30 @@ public sealed class FilterBlockedPopCountTests
     }
 
     [Fact]
+    public void DotProductsPair_AllLengths0To256AndPartialBlocks_EqualTwoSingleCalls()
+    {
+        var rng = new Random(5);
+        for (int words = 0; words <= 256; words++)
+        {
+            var patchA = Enumerable.Range(0, words).Select(_ => (ulong)rng.NextInt64()).ToArray();
+            var patchB = Enumerable.Range(0, words).Select(_ => (ulong)rng.NextInt64() ^ ((ulong)rng.Next() << 63)).ToArray();
+            var filters = Enumerable.Range(0, words * FilterBlockedPopCount.Block).Select(_ => (ulong)rng.NextInt64()).ToArray();
+            int n = (words * 64) + 1;
+            int length = 1 + (words % FilterBlockedPopCount.Block);
+            var expectedA = new int[FilterBlockedPopCount.Block];
+            var expectedB = new int[FilterBlockedPopCount.Block];
+            FilterBlockedPopCount.Scalar(patchA, filters, expectedA);
+            FilterBlockedPopCount.Scalar(patchB, filters, expectedB);
+            var dotA = Enumerable.Repeat(int.MinValue, FilterBlockedPopCount.Block).ToArray();
+            var dotB = Enumerable.Repeat(int.MinValue, FilterBlockedPopCount.Block).ToArray();
+            FilterBlockedPopCount.DotProducts(patchA, patchB, filters, n, dotA.AsSpan(0, length), dotB.AsSpan(0, length));
+            Assert.Equal(expectedA.Take(length).Select(c => n - (2 * c)), dotA.Take(length));
+            Assert.Equal(expectedB.Take(length).Select(c => n - (2 * c)), dotB.Take(length));
+            Assert.All(dotA.Skip(length).Concat(dotB.Skip(length)), v => Assert.Equal(int.MinValue, v));
+        }
+    }
+
+    [Fact]
     public void Compute_AllBitsDiffer_CountsEveryBitPastTheByteCounterFlush()
     {
         // 100 words of all-ones against zeros: 6,400 per filter, well past the 31-word byte-counter flush.

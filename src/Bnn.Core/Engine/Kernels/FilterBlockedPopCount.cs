@@ -20,6 +20,10 @@ internal static class FilterBlockedPopCount
 
     private const int WordsPerFlush = 31;
 
+    /// <summary>Bits set in each nibble value, repeated in every 128-bit lane for vpshufb.</summary>
+    private static readonly Vector512<byte> NibbleCounts = Vector512.Create((byte)0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+
     /// <summary>Whether the vector path runs here.</summary>
     public static bool IsAccelerated => Avx512BW.IsSupported;
 
@@ -60,16 +64,7 @@ internal static class FilterBlockedPopCount
     {
         if (IsAccelerated)
         {
-            var values = Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(Avx512Counts(patch, block).AsInt64()) << 1);
-            if (dot.Length >= Block)
-            {
-                values.CopyTo(dot);
-                return;
-            }
-            for (int j = 0; j < dot.Length; j++)
-            {
-                dot[j] = values.GetElement(j);
-            }
+            Write(Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(Avx512Counts(patch, block).AsInt64()) << 1), dot);
             return;
         }
         // Not inlined, so this frame's 32 bytes are released on return even when called in a loop.
@@ -78,6 +73,36 @@ internal static class FilterBlockedPopCount
         for (int j = 0; j < dot.Length && j < Block; j++)
         {
             dot[j] = n - (2 * counts[j]);
+        }
+    }
+
+    /// <summary>
+    /// <see cref="DotProducts(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, int, Span{int})"/> for two patches against the
+    /// same block: each filter row is loaded once for both, and the two independent count chains overlap.
+    /// </summary>
+    public static void DotProducts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> block, int n, Span<int> dotA, Span<int> dotB)
+    {
+        if (!IsAccelerated || patchA.Length != patchB.Length)
+        {
+            DotProducts(patchA, block, n, dotA);
+            DotProducts(patchB, block, n, dotB);
+            return;
+        }
+        var (countsA, countsB) = Avx512Counts(patchA, patchB, block);
+        Write(Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(countsA.AsInt64()) << 1), dotA);
+        Write(Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(countsB.AsInt64()) << 1), dotB);
+    }
+
+    private static void Write(Vector256<int> values, Span<int> dot)
+    {
+        if (dot.Length >= Block)
+        {
+            values.CopyTo(dot);
+            return;
+        }
+        for (int j = 0; j < dot.Length; j++)
+        {
+            dot[j] = values.GetElement(j);
         }
     }
 
@@ -96,10 +121,40 @@ internal static class FilterBlockedPopCount
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static (Vector512<ulong> A, Vector512<ulong> B) Avx512Counts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> block)
+    {
+        var table = NibbleCounts;
+        var low = Vector512.Create((byte)0x0F);
+        Vector512<ulong> totalA = Vector512<ulong>.Zero, totalB = Vector512<ulong>.Zero;
+        Vector512<byte> bytesA = Vector512<byte>.Zero, bytesB = Vector512<byte>.Zero;
+        ref ulong rw = ref Unsafe.AsRef(in block.GetPinnableReference());
+        ref ulong ra = ref Unsafe.AsRef(in patchA.GetPinnableReference());
+        ref ulong rb = ref Unsafe.AsRef(in patchB.GetPinnableReference());
+        int pending = 0;
+        for (int t = 0; t < patchA.Length; t++)
+        {
+            var w = Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
+            var xa = (Vector512.Create(Unsafe.Add(ref ra, t)) ^ w).AsByte();
+            var xb = (Vector512.Create(Unsafe.Add(ref rb, t)) ^ w).AsByte();
+            bytesA += Avx512BW.Shuffle(table, xa & low) + Avx512BW.Shuffle(table, Avx512BW.ShiftRightLogical(xa.AsUInt16(), 4).AsByte() & low);
+            bytesB += Avx512BW.Shuffle(table, xb & low) + Avx512BW.Shuffle(table, Avx512BW.ShiftRightLogical(xb.AsUInt16(), 4).AsByte() & low);
+            if (++pending == WordsPerFlush)
+            {
+                totalA += Avx512BW.SumAbsoluteDifferences(bytesA, Vector512<byte>.Zero).AsUInt64();
+                totalB += Avx512BW.SumAbsoluteDifferences(bytesB, Vector512<byte>.Zero).AsUInt64();
+                bytesA = Vector512<byte>.Zero;
+                bytesB = Vector512<byte>.Zero;
+                pending = 0;
+            }
+        }
+        return (totalA + Avx512BW.SumAbsoluteDifferences(bytesA, Vector512<byte>.Zero).AsUInt64(),
+            totalB + Avx512BW.SumAbsoluteDifferences(bytesB, Vector512<byte>.Zero).AsUInt64());
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static Vector512<ulong> Avx512Counts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block)
     {
-        var table = Vector512.Create((byte)0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+        var table = NibbleCounts;
         var low = Vector512.Create((byte)0x0F);
         var total = Vector512<ulong>.Zero;
         var bytes = Vector512<byte>.Zero;
