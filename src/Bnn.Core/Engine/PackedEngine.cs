@@ -510,29 +510,31 @@ internal sealed class BinaryConvStep : PackedStep
         var patchA = patches[..perFilter];
         var patchB = patches[perFilter..];
         int k = layer.OutChannels, wo = outShape.Width, positions = outShape.Height * wo;
-        int blockWords = perFilter * FilterBlockedPopCount.Block;
         for (int p = 0; p < positions; p += 2)
         {
             // The second of a pair repeats the first at an odd end; its results are overwritten with the same values.
             int q = Math.Min(p + 1, positions - 1);
             GatherPatch(src, p / wo, p % wo, rowWidth, rowWords, patchA);
             GatherPatch(src, q / wo, q % wo, rowWidth, rowWords, patchB);
-            var dstA = acc.Slice(p * k, k);
-            var dstB = acc.Slice(q * k, k);
-            for (int b = 0; b * FilterBlockedPopCount.Block < k; b++)
-            {
-                int first = b * FilterBlockedPopCount.Block;
-                FilterBlockedPopCount.DotProducts(patchA, patchB, blocked.AsSpan(b * blockWords, blockWords), n, dstA[first..], dstB[first..]);
-            }
+            FilterBlockedPopCount.DotProducts(patchA, patchB, blocked, k, n, acc.Slice(p * k, k), acc.Slice(q * k, k));
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void GatherPatch(ReadOnlySpan<ulong> src, int oy, int ox, int rowWidth, int rowWords, Span<ulong> patch)
     {
         int baseIndex = (((oy * layer.Stride) * rowWidth) + (ox * layer.Stride)) * inWords;
+        ref ulong from = ref Unsafe.AsRef(in src[baseIndex]);
+        ref ulong to = ref patch[0];
+        // A kernel row is a few words (3 for 64 channels): a plain loop, where a memmove call per row cost a quarter of conv1.
         for (int ky = 0; ky < layer.KernelH; ky++)
         {
-            src.Slice(baseIndex + (ky * rowWidth * inWords), rowWords).CopyTo(patch.Slice(ky * rowWords, rowWords));
+            ref ulong row = ref Unsafe.Add(ref from, ky * rowWidth * inWords);
+            ref ulong dst = ref Unsafe.Add(ref to, ky * rowWords);
+            for (int w = 0; w < rowWords; w++)
+            {
+                Unsafe.Add(ref dst, w) = Unsafe.Add(ref row, w);
+            }
         }
     }
 
@@ -645,6 +647,7 @@ internal sealed class DenseStep : PackedStep
     private readonly int inFeatures;
     private readonly int outFeatures;
     private readonly PopCountKernel kernel;
+    private readonly ulong[]? blocked; // (⌈out/8⌉, rowWords, 8) for the filter-blocked kernel: 8 outputs per broadcast input word
 
     public DenseStep(sbyte[] flatWeights, Threshold? threshold, Shape inShape, int outFeatures, PopCountKernel kernel)
     {
@@ -668,6 +671,10 @@ internal sealed class DenseStep : PackedStep
             }
         }
         OutputWords = BitConvention.Words(outFeatures);
+        if (kernel == PopCountKernel.Avx512FilterBlocked)
+        {
+            blocked = FilterBlockedPopCount.Interleave(weights, outFeatures, rowWords);
+        }
     }
 
     public bool IsOutput => threshold is null;
@@ -677,6 +684,16 @@ internal sealed class DenseStep : PackedStep
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override void Accumulate(ReadOnlySpan<ulong> input, ulong[] padded, Span<int> acc)
     {
+        if (blocked is not null)
+        {
+            int blockWords = rowWords * FilterBlockedPopCount.Block;
+            for (int first = 0; first < outFeatures; first += FilterBlockedPopCount.Block)
+            {
+                var block = blocked.AsSpan((first / FilterBlockedPopCount.Block) * blockWords, blockWords);
+                FilterBlockedPopCount.DotProducts(input, block, inFeatures, acc.Slice(first, Math.Min(FilterBlockedPopCount.Block, outFeatures - first)));
+            }
+            return;
+        }
         for (int o = 0; o < outFeatures; o++)
         {
             acc[o] = inFeatures - (2 * XorPopCount.Compute(input, weights.AsSpan(o * rowWords, rowWords), kernel));

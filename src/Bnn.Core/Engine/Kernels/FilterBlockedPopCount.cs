@@ -93,6 +93,22 @@ internal static class FilterBlockedPopCount
         Write(Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(countsB.AsInt64()) << 1), dotB);
     }
 
+    /// <summary>
+    /// Two patches against every block of an interleaved filter bank (<see cref="Interleave"/>): all
+    /// <paramref name="filters"/> dot products of each patch in one call, the engine's inner loop.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void DotProducts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dotA, Span<int> dotB)
+    {
+        int words = patchA.Length, blockWords = words * Block;
+        for (int first = 0; first < filters; first += Block)
+        {
+            var block = bank.Slice((first / Block) * blockWords, blockWords);
+            int count = Math.Min(Block, filters - first);
+            DotProducts(patchA, patchB, block, n, dotA.Slice(first, count), dotB.Slice(first, count));
+        }
+    }
+
     private static void Write(Vector256<int> values, Span<int> dot)
     {
         if (dot.Length >= Block)
