@@ -116,11 +116,12 @@ public sealed class SharedEngine : IEngine
                 : conv.Stride != 1 ? "dense: stride ≠ 1 (the plane conv needs stride 1)"
                 : !PlaneConvStep.Supports(conv) ? "dense: sums exceed the plane conv's lanes"
                 : null;
-            if (unsupported is not null || plans[i] is not { } plan)
+            if (unsupported is not null)
             {
-                choices.Add(new LayerChoice(i, false, double.NaN, double.NaN, unsupported!));
+                choices.Add(new LayerChoice(i, false, double.NaN, double.NaN, unsupported));
                 continue;
             }
+            var plan = plans[i]!;
             var shared = PlaneConvStep.Create(conv, plan, inShape, outShape);
             if (selection == LayerSelection.Shared)
             {
@@ -245,7 +246,7 @@ public sealed class SharedEngine : IEngine
     /// taps and R_v = R_u − 2·Σ_{t∈D} u_t·x_t; otherwise v equals −u except on D' (|D'| = n − H) and
     /// R_v = −R_u + 2·Σ_{t∈D'} u_t·x_t. Either way the correction applies d = min(H, n − H) taps.
     /// </summary>
-    private static int[] SharedConv(ConvLayer layer, LayerPlan plan, int[] x, Shape inShape, Shape outShape, OpCounts? counts, int index)
+    private static int[] SharedConv(ConvLayer layer, LayerPlan plan, int[] x, Shape inShape, Shape outShape, OpCounts counts, int index)
     {
         int n = plan.Taps;
         int positions = outShape.Height * outShape.Width;
@@ -316,10 +317,7 @@ public sealed class SharedEngine : IEngine
                 else
                 {
                     Kernels.IntRows.AddScaled(r, sign, dst);
-                    if (counts is not null)
-                    {
-                        counts.AccumulateAdds[index] += positions;
-                    }
+                    counts.AccumulateAdds[index] += positions;
                 }
             }
             foreach (int i in byChannel[c] ?? [])
@@ -335,7 +333,7 @@ public sealed class SharedEngine : IEngine
     /// a vector multiply-add; counts one tap op per tap per output position.
     /// </summary>
     private static void ApplyTaps(ConvLayer layer, int code, ReadOnlySpan<int> taps, PaddedPlane x, Shape outShape,
-        int[] r, int scale, OpCounts? counts, int index)
+        int[] r, int scale, OpCounts counts, int index)
     {
         int kw = layer.KernelW, s = layer.Stride, wo = outShape.Width;
         foreach (int t in taps)
@@ -359,10 +357,7 @@ public sealed class SharedEngine : IEngine
                 }
             }
         }
-        if (counts is not null)
-        {
-            counts.TapOps[index] += (long)taps.Length * outShape.Height * outShape.Width;
-        }
+        counts.TapOps[index] += (long)taps.Length * outShape.Height * outShape.Width;
     }
 
     /// <summary>One input channel with its border filled with the layer's pad value.</summary>
