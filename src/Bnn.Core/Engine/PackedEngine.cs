@@ -416,7 +416,7 @@ internal sealed class BinaryConvStep : PackedStep
     /// Zero padding is run as +1 padding (bit 0), which adds w to the sum for every padded tap; this is that excess per
     /// output position and filter, subtracted after the popcount. It is nonzero only at the borders.
     /// </summary>
-    private static int[] ZeroPadCorrection(ConvLayer layer, Shape inShape, Shape outShape)
+    internal static int[] ZeroPadCorrection(ConvLayer layer, Shape inShape, Shape outShape)
     {
         var excess = new int[outShape.Height * outShape.Width * layer.OutChannels];
         for (int oy = 0; oy < outShape.Height; oy++)

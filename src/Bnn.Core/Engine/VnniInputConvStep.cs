@@ -13,6 +13,8 @@ namespace Bnn.Engine;
 /// <para>Pixels are laid out (H, W, C) so that one kernel row's kw·C bytes are contiguous; they are read as dwords
 /// (groups of 4 bytes, broadcast to every lane) and the bytes of a group past the row's taps get weight 0. Each lane
 /// holds one filter: 8 filters per 256-bit register, all K of them kept in registers over the taps.</para>
+/// <para>Zero padding (a level of 0, which no pixel value encodes) is stored as pixel 0, whose level is −255: each
+/// padded tap then adds −255·w instead of 0, so border positions get 255·Σ_{padded taps} w added back, exactly.</para>
 /// </summary>
 internal sealed class VnniInputConvStep : PackedStep
 {
@@ -24,14 +26,17 @@ internal sealed class VnniInputConvStep : PackedStep
     private readonly int groups;        // dwords per kernel row
     private readonly sbyte[] weights;   // (ky, group, filter block, 8 filters x 4 bytes)
     private readonly int[] offsets;     // per filter: 255·Σ w
-    private readonly int rowBytes;      // W·C, one image row in (H, W, C)
+    private readonly int rowBytes;      // Wp·C, one padded image row in (H, W, C)
+    private readonly int paddedWidth;
+    private readonly int[] borderPositions;    // output positions with a padded tap
+    private readonly int[] borderCorrections;  // per border position, K values of 255·Σ_{padded taps} w
 
     /// <summary>
     /// Whether this step runs <paramref name="layer"/>: AVX-VNNI present, the standard pixel code (raw pixels are what the
-    /// instruction multiplies), no padding (a pad level of 0 is no pixel value), K a multiple of 8.
+    /// instruction multiplies), K a multiple of 8.
     /// </summary>
     public static bool Supports(ConvLayer layer) =>
-        AvxVnni.IsSupported && layer.IsInputLayer && layer.PixelLevels is null && layer.Padding == 0 && layer.OutChannels % FiltersPerVector == 0;
+        AvxVnni.IsSupported && layer.IsInputLayer && layer.PixelLevels is null && layer.OutChannels % FiltersPerVector == 0;
 
     public VnniInputConvStep(ConvLayer layer, Shape inShape, Shape outShape)
     {
@@ -44,7 +49,8 @@ internal sealed class VnniInputConvStep : PackedStep
         this.outShape = outShape;
         int c = layer.InChannels, k = layer.OutChannels, blocks = k / FiltersPerVector;
         groups = ((layer.KernelW * c) + 3) / 4;
-        rowBytes = inShape.Width * c;
+        paddedWidth = inShape.Width + (2 * layer.Padding);
+        rowBytes = paddedWidth * c;
         weights = new sbyte[layer.KernelH * groups * k * 4];
         offsets = new int[k];
         for (int o = 0; o < k; o++)
@@ -65,8 +71,15 @@ internal sealed class VnniInputConvStep : PackedStep
             }
         }
         OutputWords = outShape.Height * outShape.Width * BitConvention.Words(k);
-        // The (H, W, C) pixels plus slack: the last group of the last row may read up to 3 bytes past the image.
-        PaddedWords = ((inShape.Size + 4 + sizeof(ulong) - 1) / sizeof(ulong));
+        // The padded (H, W, C) pixels plus slack: the last group of the last row may read up to 3 bytes past the image.
+        // The border stays 0 (pixel 0) because only the interior is ever written.
+        int paddedBytes = (inShape.Height + (2 * layer.Padding)) * rowBytes;
+        PaddedWords = (paddedBytes + 4 + sizeof(ulong) - 1) / sizeof(ulong);
+        var excess = BinaryConvStep.ZeroPadCorrection(layer, inShape, outShape);
+        var border = Enumerable.Range(0, outShape.Height * outShape.Width)
+            .Where(p => excess.AsSpan(p * k, k).ContainsAnyExcept(0)).ToArray();
+        borderPositions = border;
+        borderCorrections = border.SelectMany(p => excess.Skip(p * k).Take(k).Select(e => PixelCode.MaxAbs * e)).ToArray();
     }
 
     public override int AccumulatorCount => outShape.Size;
@@ -77,16 +90,29 @@ internal sealed class VnniInputConvStep : PackedStep
     public override ReadOnlySpan<ulong> RunPixels(ReadOnlySpan<byte> pixels, ulong[] output, ulong[] padded, int[] acc)
     {
         var hwc = MemoryMarshal.AsBytes(padded.AsSpan());
-        int c = inShape.Channels, plane = inShape.Height * inShape.Width;
+        int c = inShape.Channels, h = inShape.Height, w = inShape.Width, pad = layer.Padding, k = layer.OutChannels;
         for (int ch = 0; ch < c; ch++)
         {
-            var src = pixels.Slice(ch * plane, plane);
-            for (int i = 0; i < plane; i++)
+            for (int y = 0; y < h; y++)
             {
-                hwc[(i * c) + ch] = src[i];
+                var src = pixels.Slice(((ch * h) + y) * w, w);
+                var dst = hwc[((((y + pad) * paddedWidth) + pad) * c)..];
+                for (int x = 0; x < w; x++)
+                {
+                    dst[(x * c) + ch] = src[x];
+                }
             }
         }
         Accumulate(hwc, acc);
+        for (int i = 0; i < borderPositions.Length; i++)
+        {
+            var dst = acc.AsSpan(borderPositions[i] * k, k);
+            var add = borderCorrections.AsSpan(i * k, k);
+            for (int j = 0; j < k; j++)
+            {
+                dst[j] += add[j];
+            }
+        }
         BinarizePositions(acc, layer.Threshold, outShape.Height * outShape.Width, layer.OutChannels, output);
         return output;
     }
