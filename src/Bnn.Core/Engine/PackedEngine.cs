@@ -209,21 +209,24 @@ internal abstract class PackedStep
         int words = BitConvention.Words(channels);
         var bounds = threshold.Bound;
         var flips = threshold.FlipWords;
-        int lanes = Vector256<int>.Count;
+        // 16 channels per compare where 512-bit vectors run natively, else 8.
+        int lanes = Vector512.IsHardwareAccelerated ? Vector512<int>.Count : Vector256<int>.Count;
         for (int p = 0; p < positions; p++)
         {
             var dst = output.Slice(p * words, words);
             var a = acc.Slice(p * channels, channels);
             for (int w = 0; w < words; w++)
             {
-                // Bit set for −1: not ((a ≥ bound) ≠ flip). Eight channels per compare; the tail one by one.
+                // Bit set for −1: not ((a ≥ bound) ≠ flip). A vector of channels per compare; the tail one by one.
                 int first = w * 64, count = Math.Min(64, channels - first);
                 ulong ge = 0;
                 int j = 0;
                 for (; j + lanes <= count; j += lanes)
                 {
-                    var cmp = Vector256.GreaterThanOrEqual(Vector256.Create(a.Slice(first + j, lanes)), Vector256.Create(bounds.AsSpan(first + j, lanes)));
-                    ge |= (ulong)cmp.ExtractMostSignificantBits() << j;
+                    ulong mask = lanes == Vector512<int>.Count
+                        ? Vector512.GreaterThanOrEqual(Vector512.Create(a.Slice(first + j, lanes)), Vector512.Create(bounds.AsSpan(first + j, lanes))).ExtractMostSignificantBits()
+                        : Vector256.GreaterThanOrEqual(Vector256.Create(a.Slice(first + j, lanes)), Vector256.Create(bounds.AsSpan(first + j, lanes))).ExtractMostSignificantBits();
+                    ge |= mask << j;
                 }
                 for (; j < count; j++)
                 {
