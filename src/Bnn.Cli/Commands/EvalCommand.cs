@@ -48,6 +48,12 @@ internal static class EvalCommand
             double ips = images.Count / Math.Max(seconds, 1e-9);
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{images.Count} images, {correct} correct: accuracy {accuracy:P2}; {ips:F1} images/s ({e.Name} engine, {t} threads)"));
+            foreach (var c in (e as SharedEngine)?.Choices ?? [])
+            {
+                // What the shared engine ran per layer, on stderr so that stdout stays the result line.
+                io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"  layer {c.Layer}: {c.Reason}{(double.IsNaN(c.DenseMicroseconds) ? "" : $" (dense {c.DenseMicroseconds:F1} µs, shared {c.SharedMicroseconds:F1} µs per image)")}"));
+            }
             if (parse.GetValue(json) is string jsonPath)
             {
                 CommonOptions.WriteJson(jsonPath, w =>
