@@ -155,13 +155,13 @@ internal static class ReproduceCommand
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
         sb.AppendLine(inv, $"Convolution result sharing, reproduced (2-D convolutions and tap ops in all conv layers; accuracy loss on test, choices made on validation, budget {maxLoss:P1})");
-        sb.AppendLine(inv, $"{"model",-16} {"mode",-24} {"2-D convs",10} {"tap ops",9} {"test acc",9} {"loss",7} {"lossless",9} {"changed",8}");
+        sb.AppendLine(inv, $"{"model",-16} {"mode",-26} {"2-D convs",10} {"tap ops",9} {"test acc",9} {"loss",7} {"lossless",9} {"changed",8}");
         foreach (var row in rows)
         {
-            sb.AppendLine(inv, $"{row.Model,-16} {"dense",-24} {"-",10} {"-",9} {row.TestAccuracy,9:P2} {"-",7} {Format(row.LosslessAccuracy),9} {"-",8}");
+            sb.AppendLine(inv, $"{row.Model,-16} {"dense",-26} {"-",10} {"-",9} {row.TestAccuracy,9:P2} {"-",7} {Format(row.LosslessAccuracy),9} {"-",8}");
             foreach (var m in row.Modes)
             {
-                sb.AppendLine(inv, $"{"",-16} {m.Mode,-24} {m.Conv2dReduction,10:P1} {m.TapOpReduction,9:P1} {m.TestAccuracy,9:P2} {row.TestAccuracy - m.TestAccuracy,7:P2} {Format(m.LosslessAccuracy),9} {m.PredictionChanges,8}");
+                sb.AppendLine(inv, $"{"",-16} {m.Mode,-26} {m.Conv2dReduction,10:P1} {m.TapOpReduction,9:P1} {m.TestAccuracy,9:P2} {row.TestAccuracy - m.TestAccuracy,7:P2} {Format(m.LosslessAccuracy),9} {m.PredictionChanges,8}");
             }
             sb.AppendLine(inv, $"{"",-16} approximate radii: {row.Radii}");
         }
