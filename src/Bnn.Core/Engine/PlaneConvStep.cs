@@ -24,6 +24,9 @@ namespace Bnn.Engine;
 /// then every output channel adds its block's C_b rows in a register and widens the sum into a 16-bit accumulator.</para>
 /// <para><b>Packing.</b> Input bits are unpacked, and thresholded outputs packed, 64 pixels x 64 channels at a time
 /// through a bit-matrix transpose (<see cref="PlaneBits"/>). Bit-identical to the dense engines.</para>
+/// <para><b>Speed.</b> Every (output, input) pair still costs one row addition per tile, whatever the plan; on the
+/// Zen 4 machine measured that keeps this kernel slower than the packed XNOR-popcount on every binary CNV layer, so
+/// <see cref="SharedEngine"/> times both per layer and keeps the faster (bench/RESULTS.md).</para>
 /// </summary>
 internal static class PlaneConvStep
 {
@@ -101,9 +104,9 @@ internal sealed class PlaneConvStep<T> : PackedStep
     /// Consecutive input channels whose nodes are computed together. <c>Program</c> holds each node as
     /// [slot, parent slot or −1, negate parent (0/1), negated slot or −1, #plus, #minus, plane base, plus offsets…,
     /// minus offsets…] (slots in elements of the rows scratch; a ±2 correction appears twice); <c>Offsets</c>[k·Channels + j]
-    /// is the row output k adds for channel First + j.
+    /// is the row output k adds for the block's j-th channel.
     /// </summary>
-    private sealed record ChannelBlock(int First, int Channels, int NodeCount, int[] Program, int[] Offsets);
+    private sealed record ChannelBlock(int Channels, int NodeCount, int[] Program, int[] Offsets);
 
     private static int RoundUp(int value, int multiple) => (value + multiple - 1) / multiple * multiple;
 
@@ -163,7 +166,7 @@ internal sealed class PlaneConvStep<T> : PackedStep
                     offsets[(o * count) + j] = (plan.Signs[f] > 0 ? slot[node] : negatedSlot[node]) * rowLength;
                 }
             }
-            blocks.Add(new ChannelBlock(first, count, nodeCount, [.. program], offsets));
+            blocks.Add(new ChannelBlock(count, nodeCount, [.. program], offsets));
             maxSlots = Math.Max(maxSlots, next);
             first += count;
         }
