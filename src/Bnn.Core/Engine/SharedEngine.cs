@@ -151,6 +151,13 @@ public sealed class SharedEngine : IEngine
             return;
         }
         EngineExtensions.CheckInput(Model, images, start, count, scores.Length);
+        ScoreInstrumented(images, start, count, threads).CopyTo(scores);
+    }
+
+    // Separate from Score because a lambda's captured parameters are allocated on entry to the method that declares
+    // them: kept in Score, the pipeline path would allocate that closure on every call.
+    private int[] ScoreInstrumented(ImageSet images, int start, int count, int threads)
+    {
         int classes = Model.Classes;
         var result = new int[count * classes];
         var perWorker = new OpCounts?[Math.Max(1, threads)];
@@ -169,7 +176,7 @@ public sealed class SharedEngine : IEngine
                 }
             }
         }
-        result.CopyTo(scores);
+        return result;
     }
 
     /// <summary>Seconds spent in each layer over <paramref name="count"/> images on one thread (for <c>bnn bench</c>).</summary>

@@ -5,11 +5,13 @@ namespace Bnn.Tests.Engine;
 
 public sealed class AllocationTests
 {
-    [Fact]
-    public void FastEngine_SingleThreadSteadyState_AllocatesNothingPerImage()
+    [Theory]
+    [InlineData("fast")]
+    [InlineData("shared")] // every supported layer on the plane conv: its scratch lives in the workspace too
+    public void Engine_SingleThreadSteadyState_AllocatesNothingPerImage(string name)
     {
         var model = RandomModels.Create(Architectures.Build("cnv", 0.25), new Shape(3, 32, 32), seed: 2);
-        var engine = new PackedEngine(model);
+        IEngine engine = name == "fast" ? new PackedEngine(model) : new SharedEngine(model, selection: LayerSelection.Shared);
         var images = TestData.RandomImages(8, 3);
         var scores = new int[images.Count * model.Classes];
         engine.Score(images, 0, images.Count, scores);
