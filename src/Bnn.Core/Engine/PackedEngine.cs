@@ -689,12 +689,7 @@ internal sealed class DenseStep : PackedStep
     {
         if (blocked is not null)
         {
-            int blockWords = rowWords * FilterBlockedPopCount.Block;
-            for (int first = 0; first < outFeatures; first += FilterBlockedPopCount.Block)
-            {
-                var block = blocked.AsSpan((first / FilterBlockedPopCount.Block) * blockWords, blockWords);
-                FilterBlockedPopCount.DotProducts(input, block, inFeatures, acc.Slice(first, Math.Min(FilterBlockedPopCount.Block, outFeatures - first)));
-            }
+            FilterBlockedPopCount.DotProducts(input[..rowWords], blocked, outFeatures, inFeatures, acc);
             return;
         }
         for (int o = 0; o < outFeatures; o++)

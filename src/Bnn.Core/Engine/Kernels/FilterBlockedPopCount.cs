@@ -95,17 +95,26 @@ internal static class FilterBlockedPopCount
 
     /// <summary>
     /// Two patches against every block of an interleaved filter bank (<see cref="Interleave"/>): all
-    /// <paramref name="filters"/> dot products of each patch in one call, the engine's inner loop.
+    /// <paramref name="filters"/> dot products of each patch in one call, the conv's inner loop.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DotProducts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dotA, Span<int> dotB)
     {
-        int words = patchA.Length, blockWords = words * Block;
+        int blockWords = patchA.Length * Block;
         for (int first = 0; first < filters; first += Block)
         {
-            var block = bank.Slice((first / Block) * blockWords, blockWords);
             int count = Math.Min(Block, filters - first);
-            DotProducts(patchA, patchB, block, n, dotA.Slice(first, count), dotB.Slice(first, count));
+            DotProducts(patchA, patchB, bank.Slice((first / Block) * blockWords, blockWords), n, dotA.Slice(first, count), dotB.Slice(first, count));
+        }
+    }
+
+    /// <summary>One patch against every block of an interleaved filter bank: a dense layer's dot products.</summary>
+    public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dot)
+    {
+        int blockWords = patch.Length * Block;
+        for (int first = 0; first < filters; first += Block)
+        {
+            DotProducts(patch, bank.Slice((first / Block) * blockWords, blockWords), n, dot.Slice(first, Math.Min(Block, filters - first)));
         }
     }
 
@@ -203,8 +212,6 @@ internal static class FilterBlockedPopCount
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static Vector512<ulong> Avx512Counts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block)
     {
-        var table = NibbleCounts;
-        var low = Vector512.Create((byte)0x0F);
         var total = Vector512<ulong>.Zero;
         var bytes = Vector512<byte>.Zero;
         ref ulong rw = ref Unsafe.AsRef(in block.GetPinnableReference());
@@ -212,8 +219,7 @@ internal static class FilterBlockedPopCount
         int pending = 0;
         for (int t = 0; t < patch.Length; t++)
         {
-            var x = (Vector512.Create(Unsafe.Add(ref rp, t)) ^ Vector512.LoadUnsafe(ref rw, (nuint)(t * Block))).AsByte();
-            bytes += Avx512BW.Shuffle(table, x & low) + Avx512BW.Shuffle(table, Avx512BW.ShiftRightLogical(x.AsUInt16(), 4).AsByte() & low);
+            bytes += NibbleLookup((Vector512.Create(Unsafe.Add(ref rp, t)) ^ Vector512.LoadUnsafe(ref rw, (nuint)(t * Block))).AsByte());
             if (++pending == WordsPerFlush)
             {
                 total += Avx512BW.SumAbsoluteDifferences(bytes, Vector512<byte>.Zero).AsUInt64();
