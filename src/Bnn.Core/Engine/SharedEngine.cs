@@ -133,10 +133,7 @@ public sealed class SharedEngine : IEngine
             double denseTime = StepTimer.Microseconds(dense, inShape);
             double sharedTime = StepTimer.Microseconds(shared, inShape);
             bool useShared = sharedTime < denseTime;
-            if (useShared)
-            {
-                steps[i] = shared;
-            }
+            steps[i] = useShared ? shared : dense; // the timed step itself, not a second compilation of it
             choices.Add(new LayerChoice(i, useShared, denseTime, sharedTime, useShared ? "shared: measured faster" : "dense: measured faster"));
         }
         return (steps, choices);
