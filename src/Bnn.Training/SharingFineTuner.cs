@@ -68,7 +68,7 @@ public static class SharingFineTuner
             {
                 group.LearningRate = lr;
             }
-            var rng = new Random(HashCode.Combine(seed, epoch, 7919));
+            var rng = new Random(Trainer.EpochSeed(seed, epoch, stream: 1));
             var (loss, accuracy) = Trainer.TrainEpoch(net, optimizer, train, batchSize, batches, header.Dataset == "cifar10" ? rng : null, rng,
                 () =>
                 {

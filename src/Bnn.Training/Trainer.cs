@@ -94,7 +94,7 @@ public static class Trainer
             {
                 group.LearningRate = lr;
             }
-            var rng = new Random(HashCode.Combine(seed, epoch));
+            var rng = new Random(EpochSeed(seed, epoch, stream: 0));
             var (trainLoss, trainAccuracy) = TrainEpoch(net, optimizer, train, batchSize, batches, options.Augment ? rng : null, rng, null,
                 progress is null ? null : (b, loss, accuracy) =>
                 {
@@ -131,6 +131,18 @@ public static class Trainer
             ModelFile.Save(Exporter.FromCheckpoint(bestPath), options.Out);
         }
         return new TrainResult(latestPath, bestPath, logPath, history, bestEpoch);
+    }
+
+    /// <summary>
+    /// The seed of one epoch's shuffle and augmentation. <see cref="HashCode.Combine{T1,T2}"/> would be shorter, but it
+    /// is salted per process, so a resumed or repeated run would draw different batches; this SplitMix64 mix is not.
+    /// </summary>
+    internal static int EpochSeed(int seed, int epoch, int stream)
+    {
+        ulong z = ((ulong)(uint)seed << 32 | (uint)epoch) + (0x9E3779B97F4A7C15UL * (ulong)(stream + 1));
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return (int)(z ^ (z >> 31));
     }
 
     /// <summary>

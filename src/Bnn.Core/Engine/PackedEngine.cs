@@ -477,20 +477,13 @@ internal sealed class BinaryConvStep : PackedStep
 
     public override void Accumulate(ReadOnlySpan<ulong> input, ulong[] padded, Span<int> acc)
     {
-        ReadOnlySpan<ulong> src = input;
-        int rowWidth = inShape.Width;
-        if (layer.Padding > 0)
-        {
-            FillPadded(input, padded);
-            src = padded;
-            rowWidth = paddedWidth;
-        }
+        var src = Source(input, padded, out int rowWidth);
         int rowWords = layer.KernelW * inWords;
         int perFilter = layer.KernelH * rowWords;
         int n = layer.TapsPerOutput;
         if (blocked is not null)
         {
-            AccumulateBlocked(src, rowWidth, rowWords, perFilter, n, acc);
+            AccumulateBlocked(src, rowWidth, rowWords, perFilter, n, acc, []);
         }
         else
         {
@@ -505,21 +498,45 @@ internal sealed class BinaryConvStep : PackedStep
         }
     }
 
-    /// <summary>Gathers each position's patch once and counts positions in pairs against 8 filters per step.</summary>
+    /// <summary>The input, or its padded copy when the layer pads; <paramref name="rowWidth"/> is that source's width.</summary>
+    private ReadOnlySpan<ulong> Source(ReadOnlySpan<ulong> input, ulong[] padded, out int rowWidth)
+    {
+        if (layer.Padding == 0)
+        {
+            rowWidth = inShape.Width;
+            return input;
+        }
+        FillPadded(input, padded);
+        rowWidth = paddedWidth;
+        return padded;
+    }
+
+    /// <summary>
+    /// Gathers each position's patch once and counts positions in pairs against 8 filters per step. With an
+    /// <paramref name="output"/>, each pair's sums are thresholded at once from the first 2K accumulators, which stay
+    /// in L1, instead of going out to the whole layer's accumulators and back (conv1's are 200 KB).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc)
+    private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc, Span<ulong> output)
     {
         Span<ulong> patches = 2 * perFilter <= 1024 ? stackalloc ulong[2 * perFilter] : new ulong[2 * perFilter];
         var patchA = patches[..perFilter];
         var patchB = patches[perFilter..];
         int k = layer.OutChannels, wo = outShape.Width, positions = outShape.Height * wo;
+        bool fused = !output.IsEmpty;
         for (int p = 0; p < positions; p += 2)
         {
             // The second of a pair repeats the first at an odd end; its results are overwritten with the same values.
             int q = Math.Min(p + 1, positions - 1);
             GatherPatch(src, p / wo, p % wo, rowWidth, rowWords, patchA);
             GatherPatch(src, q / wo, q % wo, rowWidth, rowWords, patchB);
-            FilterBlockedPopCount.DotProducts(patchA, patchB, blocked, k, n, acc.Slice(p * k, k), acc.Slice(q * k, k));
+            var dotA = fused ? acc[..k] : acc.Slice(p * k, k);
+            var dotB = fused ? acc.Slice(k, k) : acc.Slice(q * k, k);
+            FilterBlockedPopCount.DotProducts(patchA, patchB, blocked, k, n, dotA, dotB);
+            if (fused)
+            {
+                BinarizePositions(acc[..(2 * k)], layer.Threshold, q - p + 1, k, output.Slice(p * outWords, (q - p + 1) * outWords));
+            }
         }
     }
 
@@ -566,6 +583,14 @@ internal sealed class BinaryConvStep : PackedStep
 
     public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc)
     {
+        // Fused thresholding needs a pair's 2K accumulators: a layer with one output position keeps the plain path.
+        if (blocked is not null && zeroPadCorrection is null && outShape.Height * outShape.Width > 1)
+        {
+            var src = Source(input, padded, out int rowWidth);
+            int rowWords = layer.KernelW * inWords;
+            AccumulateBlocked(src, rowWidth, rowWords, layer.KernelH * rowWords, layer.TapsPerOutput, acc, output.AsSpan(0, OutputWords));
+            return output;
+        }
         Accumulate(input, padded, acc);
         BinarizePositions(acc, layer.Threshold, outShape.Height * outShape.Width, layer.OutChannels, output);
         return output;

@@ -54,11 +54,38 @@ public sealed class XorPopCountTests
         Assert.Throws<ArgumentException>(() => XorPopCount.Compute(new ulong[3], new ulong[4]));
 }
 
-/// <summary>The filter-blocked conv kernel against its scalar reference, for every patch length 0-256.</summary>
+/// <summary>
+/// The filter-blocked conv kernel against its scalar reference, for every patch length 0-256, through every byte
+/// counter this machine has and through the default path (which is the scalar reference without AVX-512BW).
+/// </summary>
 public sealed class FilterBlockedPopCountTests
 {
+    public static TheoryData<ByteCounter?> Counters()
+    {
+        var data = new TheoryData<ByteCounter?> { (ByteCounter?)null };
+        foreach (var counter in FilterBlockedPopCount.SupportedCounters)
+        {
+            data.Add(counter);
+        }
+        return data;
+    }
+
     [Fact]
-    public void Compute_AllLengths0To256_MatchesScalarReference()
+    public void SupportedCounters_IncludeTheDefault_WhereTheVectorPathRuns()
+    {
+        if (FilterBlockedPopCount.IsAccelerated)
+        {
+            Assert.Contains(FilterBlockedPopCount.Counter, FilterBlockedPopCount.SupportedCounters);
+        }
+        else
+        {
+            Assert.Empty(FilterBlockedPopCount.SupportedCounters);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Counters))]
+    public void Compute_AllLengths0To256_MatchesScalarReference(ByteCounter? counter)
     {
         var rng = new Random(3);
         for (int words = 0; words <= 256; words++)
@@ -68,13 +95,14 @@ public sealed class FilterBlockedPopCountTests
             var expected = new int[FilterBlockedPopCount.Block];
             var actual = new int[FilterBlockedPopCount.Block];
             FilterBlockedPopCount.Scalar(patch, filters, expected);
-            FilterBlockedPopCount.Compute(patch, filters, actual);
+            FilterBlockedPopCount.Compute(patch, filters, actual, counter ?? FilterBlockedPopCount.Counter);
             Assert.Equal(expected, actual);
         }
     }
 
-    [Fact]
-    public void DotProducts_AllLengths0To256AndPartialBlocks_AreNMinusTwiceTheCount()
+    [Theory]
+    [MemberData(nameof(Counters))]
+    public void DotProducts_AllLengths0To256AndPartialBlocks_AreNMinusTwiceTheCount(ByteCounter? counter)
     {
         var rng = new Random(4);
         for (int words = 0; words <= 256; words++)
@@ -86,14 +114,22 @@ public sealed class FilterBlockedPopCountTests
             int n = (words * 64) + 3;
             int length = 1 + (words % FilterBlockedPopCount.Block);
             var dot = Enumerable.Repeat(int.MinValue, FilterBlockedPopCount.Block).ToArray();
-            FilterBlockedPopCount.DotProducts(patch, filters, n, dot.AsSpan(0, length));
+            if (counter is { } c)
+            {
+                FilterBlockedPopCount.DotProducts(patch, filters, n, dot.AsSpan(0, length), c);
+            }
+            else
+            {
+                FilterBlockedPopCount.DotProducts(patch, filters, n, dot.AsSpan(0, length));
+            }
             Assert.Equal(counts.Take(length).Select(c => n - (2 * c)), dot.Take(length));
             Assert.All(dot.Skip(length), v => Assert.Equal(int.MinValue, v)); // never writes past the span
         }
     }
 
-    [Fact]
-    public void DotProductsPair_AllLengths0To256AndPartialBlocks_EqualTwoSingleCalls()
+    [Theory]
+    [MemberData(nameof(Counters))]
+    public void DotProductsPair_AllLengths0To256AndPartialBlocks_EqualTheReference(ByteCounter? counter)
     {
         var rng = new Random(5);
         for (int words = 0; words <= 256; words++)
@@ -109,22 +145,75 @@ public sealed class FilterBlockedPopCountTests
             FilterBlockedPopCount.Scalar(patchB, filters, expectedB);
             var dotA = Enumerable.Repeat(int.MinValue, FilterBlockedPopCount.Block).ToArray();
             var dotB = Enumerable.Repeat(int.MinValue, FilterBlockedPopCount.Block).ToArray();
-            FilterBlockedPopCount.DotProducts(patchA, patchB, filters, n, dotA.AsSpan(0, length), dotB.AsSpan(0, length));
+            if (counter is { } c)
+            {
+                FilterBlockedPopCount.DotProducts(patchA, patchB, filters, length, n, dotA.AsSpan(0, length), dotB.AsSpan(0, length), c);
+            }
+            else
+            {
+                FilterBlockedPopCount.DotProducts(patchA, patchB, filters, n, dotA.AsSpan(0, length), dotB.AsSpan(0, length));
+            }
             Assert.Equal(expectedA.Take(length).Select(c => n - (2 * c)), dotA.Take(length));
             Assert.Equal(expectedB.Take(length).Select(c => n - (2 * c)), dotB.Take(length));
             Assert.All(dotA.Skip(length).Concat(dotB.Skip(length)), v => Assert.Equal(int.MinValue, v));
         }
     }
 
-    [Fact]
-    public void Compute_AllBitsDiffer_CountsEveryBitPastTheByteCounterFlush()
+    [Theory]
+    [MemberData(nameof(Counters))]
+    public void Compute_AllBitsDiffer_CountsEveryBitPastTheByteCounterFlush(ByteCounter? counter)
     {
-        // 100 words of all-ones against zeros: 6,400 per filter, well past the 31-word byte-counter flush.
-        var patch = Enumerable.Repeat(ulong.MaxValue, 100).ToArray();
-        var filters = new ulong[100 * FilterBlockedPopCount.Block];
-        var counts = new int[FilterBlockedPopCount.Block];
-        FilterBlockedPopCount.Compute(patch, filters, counts);
-        Assert.All(counts, c => Assert.Equal(6400, c));
+        // All-ones against zeros is the byte counters' worst case (every triple adds 24 to a byte), up to 100 words:
+        // 33 triples and a tail word, well past the 9-triple flush, and every tail length at every flush phase.
+        var which = counter ?? FilterBlockedPopCount.Counter;
+        for (int words = 0; words <= 100; words++)
+        {
+            var patch = Enumerable.Repeat(ulong.MaxValue, words).ToArray();
+            var filters = new ulong[words * FilterBlockedPopCount.Block];
+            var counts = new int[FilterBlockedPopCount.Block];
+            FilterBlockedPopCount.Compute(patch, filters, counts, which);
+            Assert.All(counts, c => Assert.Equal(64 * words, c));
+            var dotA = new int[FilterBlockedPopCount.Block];
+            var dotB = new int[FilterBlockedPopCount.Block];
+            FilterBlockedPopCount.DotProducts(patch, patch, filters, FilterBlockedPopCount.Block, 64 * words, dotA, dotB, which);
+            Assert.All(dotA.Concat(dotB), d => Assert.Equal(-64 * words, d));
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Counters))]
+    public void BankDotProducts_EveryFilterCountAndLength_MatchTheReference(ByteCounter? counter)
+    {
+        var rng = new Random(6);
+        foreach (int words in new[] { 0, 1, 2, 3, 9, 12, 13, 36, 72 })
+        {
+            foreach (int filters in new[] { 1, 7, 8, 9, 16, 17, 64 })
+            {
+                var weights = Enumerable.Range(0, filters * words).Select(_ => (ulong)rng.NextInt64()).ToArray();
+                var bank = FilterBlockedPopCount.Interleave(weights, filters, words);
+                var patchA = Enumerable.Range(0, words).Select(_ => (ulong)rng.NextInt64()).ToArray();
+                var patchB = Enumerable.Range(0, words).Select(_ => (ulong)rng.NextInt64() ^ ((ulong)rng.Next() << 63)).ToArray();
+                int n = words * 64;
+                var expectedA = Enumerable.Range(0, filters).Select(k => n - (2 * XorPopCount.Scalar(patchA, weights.AsSpan(k * words, words)))).ToArray();
+                var expectedB = Enumerable.Range(0, filters).Select(k => n - (2 * XorPopCount.Scalar(patchB, weights.AsSpan(k * words, words)))).ToArray();
+                var dotA = new int[filters + 1];
+                var dotB = new int[filters + 1];
+                var single = new int[filters + 1];
+                if (counter is { } c)
+                {
+                    FilterBlockedPopCount.DotProducts(patchA, patchB, bank, filters, n, dotA, dotB, c);
+                    FilterBlockedPopCount.DotProducts(patchB, bank, filters, n, single, c);
+                }
+                else
+                {
+                    FilterBlockedPopCount.DotProducts(patchA, patchB, bank, filters, n, dotA, dotB);
+                    FilterBlockedPopCount.DotProducts(patchB, bank, filters, n, single);
+                }
+                Assert.Equal([.. expectedA, 0], dotA);
+                Assert.Equal([.. expectedB, 0], dotB);
+                Assert.Equal([.. expectedB, 0], single);
+            }
+        }
     }
 
     [Fact]

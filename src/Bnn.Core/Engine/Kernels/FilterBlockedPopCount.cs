@@ -6,11 +6,29 @@ using System.Runtime.Intrinsics.X86;
 namespace Bnn.Engine.Kernels;
 
 /// <summary>
+/// How the vector kernels count the set bits of each byte of a 512-bit register. <see cref="Vbmi"/> needs
+/// AVX-512 VBMI (Ice Lake, Zen 4 and later); <see cref="Nibble"/> needs only AVX-512BW.
+/// </summary>
+public enum ByteCounter
+{
+    /// <summary>Two vpshufb lookups of 4-bit nibbles (Muła's method), with a mask and a shift to split them.</summary>
+    Nibble,
+
+    /// <summary>
+    /// vpermb lookups of 6-bit fields: vpermb reads only an index byte's low 6 bits, so the first lookup needs no mask.
+    /// A carry-save pair's four leftover top bits share a third lookup (measured 2× the nibble kernel on Zen 5).
+    /// </summary>
+    Vbmi,
+}
+
+/// <summary>
 /// Popcounts of one patch against a block of <see cref="Block"/> filters at once: a binary conv as an implicit GEMM
 /// whose inner dimension is the patch's words and whose 8 columns share each broadcast patch word. Filters are stored
 /// word-interleaved, (block, word, filter): the 8 filters' word t are one 64-byte row. Per patch word this is one
-/// broadcast, one load, one XOR and the AVX-512BW nibble lookup (2 vpshufb) into byte counters, which are summed into
-/// the 8 per-filter 64-bit lanes with vpsadbw only every 31 words (a byte counter gains at most 8 per word).
+/// broadcast, one load and one XOR; words then go in threes through a carry-save adder (Harley-Seal's step, two
+/// vpternlogq: the sum bits x₀⊕x₁⊕x₂ and the carry bits maj(x₀, x₁, x₂)), so that popcount(x₀) + popcount(x₁) +
+/// popcount(x₂) = popcount(sum) + 2·popcount(carry), counted per byte (<see cref="ByteCounter"/>) into byte counters.
+/// Those are summed into the 8 per-filter 64-bit lanes with vpsadbw only when they could overflow.
 /// <see cref="Scalar"/> is the reference every path is tested against.
 /// </summary>
 internal static class FilterBlockedPopCount
@@ -18,14 +36,24 @@ internal static class FilterBlockedPopCount
     /// <summary>Filters per block: the 64-bit lanes of a 512-bit register.</summary>
     public const int Block = 8;
 
-    private const int WordsPerFlush = 31;
-
-    /// <summary>Bits set in each nibble value, repeated in every 128-bit lane for vpshufb.</summary>
-    private static readonly Vector512<byte> NibbleCounts = Vector512.Create((byte)0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    /// <summary>
+    /// Byte-counter capacity in units of one word's worst case (8 per byte): a triple costs 3 (8 + 2·8 = 24), a lone
+    /// word 1, and 31·8 = 248 ≤ 255.
+    /// </summary>
+    private const int FlushUnits = 31;
 
     /// <summary>Whether the vector path runs here.</summary>
     public static bool IsAccelerated => Avx512BW.IsSupported;
+
+    /// <summary>The byte counter the vector path uses here: VBMI where the CPU has it.</summary>
+    public static ByteCounter Counter { get; } = Avx512Vbmi.IsSupported ? ByteCounter.Vbmi : ByteCounter.Nibble;
+
+    /// <summary>Byte counters usable on this machine (none without AVX-512BW).</summary>
+    public static IReadOnlyList<ByteCounter> SupportedCounters { get; } =
+    [
+        .. Avx512BW.IsSupported ? new[] { ByteCounter.Nibble } : [],
+        .. Avx512Vbmi.IsSupported ? new[] { ByteCounter.Vbmi } : [],
+    ];
 
     /// <summary>Interleaves filters (K, words) into (⌈K/8⌉, words, 8), zero-filling the missing filters of the last block.</summary>
     public static ulong[] Interleave(ReadOnlySpan<ulong> filters, int count, int words)
@@ -44,11 +72,15 @@ internal static class FilterBlockedPopCount
     }
 
     /// <summary>popcount(patch ⊕ filter) for the 8 filters of one interleaved block, written to <paramref name="counts"/>.</summary>
-    public static void Compute(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, Span<int> counts)
+    public static void Compute(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, Span<int> counts) =>
+        Compute(patch, block, counts, Counter);
+
+    /// <summary><see cref="Compute(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, Span{int})"/> with a chosen byte counter (tests, benchmarks).</summary>
+    public static void Compute(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, Span<int> counts, ByteCounter counter)
     {
         if (IsAccelerated)
         {
-            Avx512F.ConvertToVector256Int32(Avx512Counts(patch, block).AsInt64()).CopyTo(counts);
+            Avx512F.ConvertToVector256Int32(Counts(patch, block, counter).AsInt64()).CopyTo(counts);
         }
         else
         {
@@ -60,11 +92,15 @@ internal static class FilterBlockedPopCount
     /// The conv's dot products n − 2·popcount for the block's filters, written straight to <paramref name="dot"/>
     /// (its first min(8, dot.Length) entries): the engine's inner step, with no per-filter scalar work.
     /// </summary>
-    public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, int n, Span<int> dot)
+    public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, int n, Span<int> dot) =>
+        DotProducts(patch, block, n, dot, Counter);
+
+    /// <summary><see cref="DotProducts(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, int, Span{int})"/> with a chosen byte counter.</summary>
+    public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, int n, Span<int> dot, ByteCounter counter)
     {
         if (IsAccelerated)
         {
-            Write(Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(Avx512Counts(patch, block).AsInt64()) << 1), dot);
+            Write(Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(Counts(patch, block, counter).AsInt64()) << 1), dot);
             return;
         }
         // Not inlined, so this frame's 32 bytes are released on return even when called in a loop.
@@ -80,42 +116,56 @@ internal static class FilterBlockedPopCount
     /// <see cref="DotProducts(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, int, Span{int})"/> for two patches against the
     /// same block: each filter row is loaded once for both, and the two independent count chains overlap.
     /// </summary>
-    public static void DotProducts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> block, int n, Span<int> dotA, Span<int> dotB)
-    {
-        if (!IsAccelerated || patchA.Length != patchB.Length)
-        {
-            DotProducts(patchA, block, n, dotA);
-            DotProducts(patchB, block, n, dotB);
-            return;
-        }
-        var (countsA, countsB) = Avx512Counts(patchA, patchB, block);
-        Write(Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(countsA.AsInt64()) << 1), dotA);
-        Write(Vector256.Create(n) - (Avx512F.ConvertToVector256Int32(countsB.AsInt64()) << 1), dotB);
-    }
+    public static void DotProducts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> block, int n, Span<int> dotA, Span<int> dotB) =>
+        DotProducts(patchA, patchB, block, Math.Min(Block, dotA.Length), n, dotA, dotB, Counter);
 
     /// <summary>
     /// Two patches against every block of an interleaved filter bank (<see cref="Interleave"/>): all
-    /// <paramref name="filters"/> dot products of each patch in one call, the conv's inner loop.
+    /// <paramref name="filters"/> dot products of each patch in one call. The byte counter is chosen and its tables
+    /// loaded once per call, not per block.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void DotProducts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dotA, Span<int> dotB)
+    public static void DotProducts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dotA, Span<int> dotB) =>
+        DotProducts(patchA, patchB, bank, filters, n, dotA, dotB, Counter);
+
+    /// <summary>The two-patch bank dot products with a chosen byte counter (tests, benchmarks).</summary>
+    public static void DotProducts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dotA, Span<int> dotB, ByteCounter counter)
     {
-        int blockWords = patchA.Length * Block;
-        for (int first = 0; first < filters; first += Block)
+        if (!IsAccelerated || patchA.Length != patchB.Length)
         {
-            int count = Math.Min(Block, filters - first);
-            DotProducts(patchA, patchB, bank.Slice((first / Block) * blockWords, blockWords), n, dotA.Slice(first, count), dotB.Slice(first, count));
+            DotProducts(patchA, bank, filters, n, dotA, counter);
+            DotProducts(patchB, bank, filters, n, dotB, counter);
+            return;
+        }
+        CheckBank(bank, filters, patchA.Length);
+        ArgumentOutOfRangeException.ThrowIfLessThan(Math.Min(dotA.Length, dotB.Length), filters);
+        if (counter == ByteCounter.Vbmi)
+        {
+            BankPair(VbmiBytes.Create(), patchA, patchB, bank, filters, n, dotA, dotB);
+        }
+        else
+        {
+            BankPair(NibbleBytes.Create(), patchA, patchB, bank, filters, n, dotA, dotB);
         }
     }
 
     /// <summary>One patch against every block of an interleaved filter bank: a dense layer's dot products.</summary>
-    public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dot)
+    public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dot) =>
+        DotProducts(patch, bank, filters, n, dot, Counter);
+
+    /// <summary>The one-patch bank dot products with a chosen byte counter (tests, benchmarks).</summary>
+    public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dot, ByteCounter counter)
     {
         int blockWords = patch.Length * Block;
         for (int first = 0; first < filters; first += Block)
         {
-            DotProducts(patch, bank.Slice((first / Block) * blockWords, blockWords), n, dot.Slice(first, Math.Min(Block, filters - first)));
+            DotProducts(patch, bank.Slice((first / Block) * blockWords, blockWords), n, dot.Slice(first, Math.Min(Block, filters - first)), counter);
         }
+    }
+
+    private static void CheckBank(ReadOnlySpan<ulong> bank, int filters, int words)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(filters);
+        ArgumentOutOfRangeException.ThrowIfLessThan(bank.Length, (filters + Block - 1) / Block * words * Block, nameof(bank));
     }
 
     private static void Write(Vector256<int> values, Span<int> dot)
@@ -145,22 +195,43 @@ internal static class FilterBlockedPopCount
         }
     }
 
-    /// <summary>
-    /// Both patches' counts. Words go in threes through a carry-save adder (Harley-Seal's step, two vpternlogq: the
-    /// sum bits x₀⊕x₁⊕x₂ and the carry bits maj(x₀, x₁, x₂)), so popcount(x₀) + popcount(x₁) + popcount(x₂) =
-    /// popcount(sum) + 2·popcount(carry) costs two nibble lookups instead of three.
-    /// </summary>
+    private static Vector512<ulong> Counts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, ByteCounter counter) =>
+        counter == ByteCounter.Vbmi ? SingleCounts<VbmiBytes>(patch, block) : SingleCounts<NibbleBytes>(patch, block);
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static (Vector512<ulong> A, Vector512<ulong> B) Avx512Counts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> block)
+    private static void BankPair<TBytes>(TBytes bytes, ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dotA, Span<int> dotB)
+        where TBytes : struct, IByteCounts<TBytes>
+    {
+        int words = patchA.Length, blockWords = words * Block;
+        ref ulong a = ref Unsafe.AsRef(in patchA.GetPinnableReference());
+        ref ulong b = ref Unsafe.AsRef(in patchB.GetPinnableReference());
+        ref ulong w = ref Unsafe.AsRef(in bank.GetPinnableReference());
+        var nn = Vector256.Create(n);
+        for (int first = 0; first < filters; first += Block)
+        {
+            int count = Math.Min(Block, filters - first);
+            var (countsA, countsB) = PairCounts(bytes, ref a, ref b, words, ref Unsafe.Add(ref w, (first / Block) * blockWords));
+            Write(nn - (Avx512F.ConvertToVector256Int32(countsA.AsInt64()) << 1), dotA.Slice(first, count));
+            Write(nn - (Avx512F.ConvertToVector256Int32(countsB.AsInt64()) << 1), dotB.Slice(first, count));
+        }
+    }
+
+    /// <summary>Both patches' counts, per filter lane, through the carry-save triples.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector512<ulong> A, Vector512<ulong> B) PairCounts<TBytes>(TBytes bytes, ref ulong ra, ref ulong rb, int words, ref ulong rw)
+        where TBytes : struct, IByteCounts<TBytes>
     {
         Vector512<ulong> totalA = Vector512<ulong>.Zero, totalB = Vector512<ulong>.Zero;
-        Vector512<byte> onesA = Vector512<byte>.Zero, onesB = Vector512<byte>.Zero, twosA = Vector512<byte>.Zero, twosB = Vector512<byte>.Zero;
-        ref ulong rw = ref Unsafe.AsRef(in block.GetPinnableReference());
-        ref ulong ra = ref Unsafe.AsRef(in patchA.GetPinnableReference());
-        ref ulong rb = ref Unsafe.AsRef(in patchB.GetPinnableReference());
-        int pending = 0, t = 0, length = patchA.Length;
-        for (; t + 3 <= length; t += 3)
+        Vector512<byte> accA = Vector512<byte>.Zero, accB = Vector512<byte>.Zero;
+        int units = 0, t = 0;
+        for (; t + 3 <= words; t += 3)
         {
+            if (units > FlushUnits - 3)
+            {
+                totalA += Flush(ref accA);
+                totalB += Flush(ref accB);
+                units = 0;
+            }
             var w0 = Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
             var w1 = Vector512.LoadUnsafe(ref rw, (nuint)((t + 1) * Block));
             var w2 = Vector512.LoadUnsafe(ref rw, (nuint)((t + 2) * Block));
@@ -170,63 +241,146 @@ internal static class FilterBlockedPopCount
             var b0 = Vector512.Create(Unsafe.Add(ref rb, t)) ^ w0;
             var b1 = Vector512.Create(Unsafe.Add(ref rb, t + 1)) ^ w1;
             var b2 = Vector512.Create(Unsafe.Add(ref rb, t + 2)) ^ w2;
-            onesA += NibbleLookup(Avx512F.TernaryLogic(a0, a1, a2, 0x96).AsByte());
-            twosA += NibbleLookup(Avx512F.TernaryLogic(a0, a1, a2, 0xE8).AsByte());
-            onesB += NibbleLookup(Avx512F.TernaryLogic(b0, b1, b2, 0x96).AsByte());
-            twosB += NibbleLookup(Avx512F.TernaryLogic(b0, b1, b2, 0xE8).AsByte());
-            if (++pending == WordsPerFlush)
+            accA += bytes.CountSumAndCarry(Avx512F.TernaryLogic(a0, a1, a2, 0x96).AsByte(), Avx512F.TernaryLogic(a0, a1, a2, 0xE8).AsByte());
+            accB += bytes.CountSumAndCarry(Avx512F.TernaryLogic(b0, b1, b2, 0x96).AsByte(), Avx512F.TernaryLogic(b0, b1, b2, 0xE8).AsByte());
+            units += 3;
+        }
+        // At most two lone words remain.
+        if (units > FlushUnits - (words - t))
+        {
+            totalA += Flush(ref accA);
+            totalB += Flush(ref accB);
+        }
+        for (; t < words; t++)
+        {
+            var wt = Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
+            accA += bytes.Count((Vector512.Create(Unsafe.Add(ref ra, t)) ^ wt).AsByte());
+            accB += bytes.Count((Vector512.Create(Unsafe.Add(ref rb, t)) ^ wt).AsByte());
+        }
+        return (totalA + Flush(ref accA), totalB + Flush(ref accB));
+    }
+
+    /// <summary>One patch's counts, per filter lane, through the carry-save triples.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static Vector512<ulong> SingleCounts<TBytes>(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block)
+        where TBytes : struct, IByteCounts<TBytes>
+    {
+        var bytes = TBytes.Create();
+        var total = Vector512<ulong>.Zero;
+        var acc = Vector512<byte>.Zero;
+        ref ulong rw = ref Unsafe.AsRef(in block.GetPinnableReference());
+        ref ulong rp = ref Unsafe.AsRef(in patch.GetPinnableReference());
+        int units = 0, t = 0, length = patch.Length;
+        for (; t + 3 <= length; t += 3)
+        {
+            if (units > FlushUnits - 3)
             {
-                totalA += Flush(ref onesA, ref twosA);
-                totalB += Flush(ref onesB, ref twosB);
-                pending = 0;
+                total += Flush(ref acc);
+                units = 0;
             }
+            var x0 = Vector512.Create(Unsafe.Add(ref rp, t)) ^ Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
+            var x1 = Vector512.Create(Unsafe.Add(ref rp, t + 1)) ^ Vector512.LoadUnsafe(ref rw, (nuint)((t + 1) * Block));
+            var x2 = Vector512.Create(Unsafe.Add(ref rp, t + 2)) ^ Vector512.LoadUnsafe(ref rw, (nuint)((t + 2) * Block));
+            acc += bytes.CountSumAndCarry(Avx512F.TernaryLogic(x0, x1, x2, 0x96).AsByte(), Avx512F.TernaryLogic(x0, x1, x2, 0xE8).AsByte());
+            units += 3;
+        }
+        // At most two lone words remain.
+        if (units > FlushUnits - (length - t))
+        {
+            total += Flush(ref acc);
         }
         for (; t < length; t++)
         {
-            var w = Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
-            onesA += NibbleLookup((Vector512.Create(Unsafe.Add(ref ra, t)) ^ w).AsByte());
-            onesB += NibbleLookup((Vector512.Create(Unsafe.Add(ref rb, t)) ^ w).AsByte());
+            acc += bytes.Count((Vector512.Create(Unsafe.Add(ref rp, t)) ^ Vector512.LoadUnsafe(ref rw, (nuint)(t * Block))).AsByte());
         }
-        return (totalA + Flush(ref onesA, ref twosA), totalB + Flush(ref onesB, ref twosB));
+        return total + Flush(ref acc);
     }
 
-    /// <summary>Bits set per byte: two vpshufb lookups of the nibbles.</summary>
+    /// <summary>Sums the byte counters into the 8 per-filter lanes and clears them.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<byte> NibbleLookup(Vector512<byte> x)
+    private static Vector512<ulong> Flush(ref Vector512<byte> bytes)
     {
-        var low = Vector512.Create((byte)0x0F);
-        return Avx512BW.Shuffle(NibbleCounts, x & low) + Avx512BW.Shuffle(NibbleCounts, Avx512BW.ShiftRightLogical(x.AsUInt16(), 4).AsByte() & low);
-    }
-
-    /// <summary>Sums the byte counters (ones + 2·twos) into the 8 per-filter lanes and clears them.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<ulong> Flush(ref Vector512<byte> ones, ref Vector512<byte> twos)
-    {
-        var sum = Avx512BW.SumAbsoluteDifferences(ones, Vector512<byte>.Zero).AsUInt64()
-            + (Avx512BW.SumAbsoluteDifferences(twos, Vector512<byte>.Zero).AsUInt64() << 1);
-        ones = Vector512<byte>.Zero;
-        twos = Vector512<byte>.Zero;
+        var sum = Avx512BW.SumAbsoluteDifferences(bytes, Vector512<byte>.Zero).AsUInt64();
+        bytes = Vector512<byte>.Zero;
         return sum;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static Vector512<ulong> Avx512Counts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block)
+    /// <summary>
+    /// A per-byte bit counter. Its tables are fields, so a kernel loads them once and the JIT keeps them in registers
+    /// for the whole loop (static readonly vectors are not constants in methods compiled before the class initializes).
+    /// </summary>
+    private interface IByteCounts<TSelf>
+        where TSelf : struct, IByteCounts<TSelf>
     {
-        var total = Vector512<ulong>.Zero;
-        var bytes = Vector512<byte>.Zero;
-        ref ulong rw = ref Unsafe.AsRef(in block.GetPinnableReference());
-        ref ulong rp = ref Unsafe.AsRef(in patch.GetPinnableReference());
-        int pending = 0;
-        for (int t = 0; t < patch.Length; t++)
+        static abstract TSelf Create();
+
+        /// <summary>Bits set in each byte of <paramref name="x"/> (at most 8).</summary>
+        Vector512<byte> Count(Vector512<byte> x);
+
+        /// <summary>Bits set in each byte of <paramref name="sum"/> plus twice those of <paramref name="carry"/> (at most 24).</summary>
+        Vector512<byte> CountSumAndCarry(Vector512<byte> sum, Vector512<byte> carry);
+    }
+
+    private readonly struct NibbleBytes(Vector512<byte> table) : IByteCounts<NibbleBytes>
+    {
+        private static readonly byte[] Nibbles = Table(i => BitOperations.PopCount((uint)(i & 15)));
+
+        public static NibbleBytes Create() => new(Vector512.Create(Nibbles));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector512<byte> Count(Vector512<byte> x)
         {
-            bytes += NibbleLookup((Vector512.Create(Unsafe.Add(ref rp, t)) ^ Vector512.LoadUnsafe(ref rw, (nuint)(t * Block))).AsByte());
-            if (++pending == WordsPerFlush)
-            {
-                total += Avx512BW.SumAbsoluteDifferences(bytes, Vector512<byte>.Zero).AsUInt64();
-                bytes = Vector512<byte>.Zero;
-                pending = 0;
-            }
+            var low = Vector512.Create((byte)0x0F);
+            return Avx512BW.Shuffle(table, x & low) + Avx512BW.Shuffle(table, Avx512BW.ShiftRightLogical(x.AsUInt16(), 4).AsByte() & low);
         }
-        return total + Avx512BW.SumAbsoluteDifferences(bytes, Vector512<byte>.Zero).AsUInt64();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector512<byte> CountSumAndCarry(Vector512<byte> sum, Vector512<byte> carry)
+        {
+            var c = Count(carry);
+            return Count(sum) + c + c;
+        }
+    }
+
+    /// <summary>
+    /// vpermb reads the low 6 bits of each index byte. Bits 0-5 of the sum and of the carry are one lookup each (the
+    /// carry's table holds doubled counts). Their bits 6-7 are gathered into one index, sum's at bits 0-1 (a 16-bit
+    /// shift right by 6) and carry's at bits 2-3 (by 4), for a third table that ignores bits 4-5, where the shifts
+    /// bring in the next byte's bits.
+    /// </summary>
+    private readonly struct VbmiBytes(Vector512<byte> low6, Vector512<byte> low6Twice, Vector512<byte> topBits, Vector512<byte> top2) : IByteCounts<VbmiBytes>
+    {
+        private static readonly byte[] Low6 = Table(i => BitOperations.PopCount((uint)i));
+        private static readonly byte[] Low6Twice = Table(i => 2 * BitOperations.PopCount((uint)i));
+        private static readonly byte[] TopBits = Table(i => BitOperations.PopCount((uint)(i & 3)) + (2 * BitOperations.PopCount((uint)((i >> 2) & 3))));
+        private static readonly byte[] Top2 = Table(i => BitOperations.PopCount((uint)(i >> 4)));
+
+        public static VbmiBytes Create() => new(Vector512.Create(Low6), Vector512.Create(Low6Twice), Vector512.Create(TopBits), Vector512.Create(Top2));
+
+        /// <summary>Bits 0-5 directly; bits 6-7, shifted right by 2, are index bits 4-5 of the fourth table.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector512<byte> Count(Vector512<byte> x) =>
+            Avx512Vbmi.PermuteVar64x8(low6, x) + Avx512Vbmi.PermuteVar64x8(top2, Avx512BW.ShiftRightLogical(x.AsUInt16(), 2).AsByte());
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector512<byte> CountSumAndCarry(Vector512<byte> sum, Vector512<byte> carry)
+        {
+            // (a & mask) | (b & ~mask): bits 0-1 from the shifted sum, the rest from the shifted carry.
+            var top = Avx512F.TernaryLogic(
+                Avx512BW.ShiftRightLogical(sum.AsUInt16(), 6).AsByte(),
+                Avx512BW.ShiftRightLogical(carry.AsUInt16(), 4).AsByte(),
+                Vector512.Create((byte)3), 0xE4);
+            return Avx512Vbmi.PermuteVar64x8(low6, sum) + Avx512Vbmi.PermuteVar64x8(low6Twice, carry) + Avx512Vbmi.PermuteVar64x8(topBits, top);
+        }
+    }
+
+    private static byte[] Table(Func<int, int> count)
+    {
+        var table = new byte[Vector512<byte>.Count];
+        for (int i = 0; i < table.Length; i++)
+        {
+            table[i] = (byte)count(i);
+        }
+        return table;
     }
 }

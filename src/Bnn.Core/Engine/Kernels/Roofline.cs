@@ -38,14 +38,15 @@ public static class Roofline
             FilterBlockedPopCount.Compute(a, filters, counts);
             return counts[0];
         });
-        if (FilterBlockedPopCount.IsAccelerated)
+        // Two patches per filter load, as the engine's conv runs it, through each byte counter: the machine's best,
+        // hence the roofline.
+        var second = a.Reverse().ToArray();
+        var dotB = new int[FilterBlockedPopCount.Block];
+        foreach (var counter in FilterBlockedPopCount.SupportedCounters)
         {
-            // Two patches per filter load, as the engine's conv runs it: the machine's best, hence the roofline.
-            var second = a.Reverse().ToArray();
-            var dotB = new int[FilterBlockedPopCount.Block];
-            rates[nameof(PopCountKernel.Avx512FilterBlocked) + "Pair"] = Rate(secondsPerKernel, 2L * words * 64 * FilterBlockedPopCount.Block, () =>
+            rates[$"{nameof(PopCountKernel.Avx512FilterBlocked)}Pair{counter}"] = Rate(secondsPerKernel, 2L * words * 64 * FilterBlockedPopCount.Block, () =>
             {
-                FilterBlockedPopCount.DotProducts(a, second, filters, words * 64, counts, dotB);
+                FilterBlockedPopCount.DotProducts(a, second, filters, FilterBlockedPopCount.Block, words * 64, counts, dotB, counter);
                 return counts[0] + dotB[0];
             });
         }
