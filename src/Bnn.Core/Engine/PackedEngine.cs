@@ -512,22 +512,37 @@ internal sealed class BinaryConvStep : PackedStep
     }
 
     /// <summary>
-    /// Gathers each position's patch once and counts positions in pairs against 8 filters per step. With an
-    /// <paramref name="output"/>, each pair's sums are thresholded at once from the first 2K accumulators, which stay
-    /// in L1, instead of going out to the whole layer's accumulators and back (conv1's are 200 KB).
+    /// Gathers each position's patch once and counts positions four at a time against 8 filters per step (the last
+    /// one to three in a pair). With an <paramref name="output"/>, each group's sums are thresholded at once from the
+    /// first 4K accumulators, which stay in L1, instead of going out to the whole layer's accumulators and back
+    /// (conv1's are 200 KB).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc, Span<ulong> output)
     {
-        Span<ulong> patches = 2 * perFilter <= 1024 ? stackalloc ulong[2 * perFilter] : new ulong[2 * perFilter];
-        var patchA = patches[..perFilter];
-        var patchB = patches[perFilter..];
+        Span<ulong> patches = 4 * perFilter <= 1024 ? stackalloc ulong[4 * perFilter] : new ulong[4 * perFilter];
         int k = layer.OutChannels, wo = outShape.Width, positions = outShape.Height * wo;
         bool fused = !output.IsEmpty;
-        for (int p = 0; p < positions; p += 2)
+        int p = 0;
+        for (; p + 4 <= positions; p += 4)
+        {
+            for (int i = 0; i < 4; i++)
+            {
+                GatherPatch(src, (p + i) / wo, (p + i) % wo, rowWidth, rowWords, patches.Slice(i * perFilter, perFilter));
+            }
+            var dots = fused ? acc[..(4 * k)] : acc.Slice(p * k, 4 * k);
+            FilterBlockedPopCount.DotProducts4(patches, blocked, k, n, dots);
+            if (fused)
+            {
+                BinarizePositions(dots, layer.Threshold, 4, k, output.Slice(p * outWords, 4 * outWords));
+            }
+        }
+        for (; p < positions; p += 2)
         {
             // The second of a pair repeats the first at an odd end; its results are overwritten with the same values.
             int q = Math.Min(p + 1, positions - 1);
+            var patchA = patches[..perFilter];
+            var patchB = patches.Slice(perFilter, perFilter);
             GatherPatch(src, p / wo, p % wo, rowWidth, rowWords, patchA);
             GatherPatch(src, q / wo, q % wo, rowWidth, rowWords, patchB);
             var dotA = fused ? acc[..k] : acc.Slice(p * k, k);
@@ -583,8 +598,8 @@ internal sealed class BinaryConvStep : PackedStep
 
     public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc)
     {
-        // Fused thresholding needs a pair's 2K accumulators: a layer with one output position keeps the plain path.
-        if (blocked is not null && zeroPadCorrection is null && outShape.Height * outShape.Width > 1)
+        // Fused thresholding needs four positions' 4K accumulators: layers with fewer positions keep the plain path.
+        if (blocked is not null && zeroPadCorrection is null && outShape.Height * outShape.Width >= 4)
         {
             var src = Source(input, padded, out int rowWidth);
             int rowWords = layer.KernelW * inWords;
