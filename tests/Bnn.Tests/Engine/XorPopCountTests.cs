@@ -177,6 +177,9 @@ public sealed class FilterBlockedPopCountTests
             var dotB = new int[FilterBlockedPopCount.Block];
             FilterBlockedPopCount.DotProducts(patch, patch, filters, FilterBlockedPopCount.Block, 64 * words, dotA, dotB, which);
             Assert.All(dotA.Concat(dotB), d => Assert.Equal(-64 * words, d));
+            var quad = new int[4 * FilterBlockedPopCount.Block];
+            FilterBlockedPopCount.DotProducts4([.. patch, .. patch, .. patch, .. patch], filters, FilterBlockedPopCount.Block, 64 * words, quad, which);
+            Assert.All(quad, d => Assert.Equal(-64 * words, d));
         }
     }
 
@@ -185,7 +188,7 @@ public sealed class FilterBlockedPopCountTests
     public void BankDotProducts_EveryFilterCountAndLength_MatchTheReference(ByteCounter? counter)
     {
         var rng = new Random(6);
-        foreach (int words in new[] { 0, 1, 2, 3, 9, 12, 13, 36, 72 })
+        foreach (int words in new[] { 0, 1, 2, 3, 4, 5, 9, 12, 13, 36, 72, 100 })
         {
             foreach (int filters in new[] { 1, 7, 8, 9, 16, 17, 64 })
             {
@@ -199,19 +202,24 @@ public sealed class FilterBlockedPopCountTests
                 var dotA = new int[filters + 1];
                 var dotB = new int[filters + 1];
                 var single = new int[filters + 1];
+                var quad = new int[(4 * filters) + 1];
+                ulong[] four = [.. patchB, .. patchA, .. patchA, .. patchB];
                 if (counter is { } c)
                 {
                     FilterBlockedPopCount.DotProducts(patchA, patchB, bank, filters, n, dotA, dotB, c);
                     FilterBlockedPopCount.DotProducts(patchB, bank, filters, n, single, c);
+                    FilterBlockedPopCount.DotProducts4(four, bank, filters, n, quad, c);
                 }
                 else
                 {
                     FilterBlockedPopCount.DotProducts(patchA, patchB, bank, filters, n, dotA, dotB);
                     FilterBlockedPopCount.DotProducts(patchB, bank, filters, n, single);
+                    FilterBlockedPopCount.DotProducts4(four, bank, filters, n, quad);
                 }
                 Assert.Equal([.. expectedA, 0], dotA);
                 Assert.Equal([.. expectedB, 0], dotB);
                 Assert.Equal([.. expectedB, 0], single);
+                Assert.Equal([.. expectedB, .. expectedA, .. expectedA, .. expectedB, 0], quad);
             }
         }
     }

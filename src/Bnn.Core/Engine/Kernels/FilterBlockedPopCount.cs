@@ -270,8 +270,7 @@ internal static class FilterBlockedPopCount
         for (int first = 0; first < filters; first += Block)
         {
             ref ulong block = ref Unsafe.Add(ref w, (first / Block) * blockWords);
-            var (countsA, countsB) = PairCounts(bytes, ref a, ref b, words, ref block);
-            var (countsC, countsD) = PairCounts(bytes, ref c, ref d, words, ref block);
+            var (countsA, countsB, countsC, countsD) = QuadCounts(bytes, ref a, ref b, ref c, ref d, words, ref block);
             var dotsAB = nn - (Avx512F.PermuteVar16x32x2(countsA.AsInt32(), lowDwords, countsB.AsInt32()) << 1);
             var dotsCD = nn - (Avx512F.PermuteVar16x32x2(countsC.AsInt32(), lowDwords, countsD.AsInt32()) << 1);
             int count = Math.Min(Block, filters - first);
@@ -280,6 +279,63 @@ internal static class FilterBlockedPopCount
             Write(dotsCD.GetLower(), dots.Slice((2 * filters) + first, count));
             Write(dotsCD.GetUpper(), dots.Slice((3 * filters) + first, count));
         }
+    }
+
+    /// <summary>Four patches' counts, per filter lane, each filter row loaded once for all four.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static (Vector512<ulong> A, Vector512<ulong> B, Vector512<ulong> C, Vector512<ulong> D) QuadCounts<TBytes>(
+        TBytes bytes, ref ulong ra, ref ulong rb, ref ulong rc, ref ulong rd, int words, ref ulong rw)
+        where TBytes : struct, IByteCounts<TBytes>
+    {
+        Vector512<ulong> totalA = Vector512<ulong>.Zero, totalB = Vector512<ulong>.Zero, totalC = Vector512<ulong>.Zero, totalD = Vector512<ulong>.Zero;
+        Vector512<byte> accA = Vector512<byte>.Zero, accB = Vector512<byte>.Zero, accC = Vector512<byte>.Zero, accD = Vector512<byte>.Zero;
+        int units = 0, t = 0;
+        for (; t + 3 <= words; t += 3)
+        {
+            if (units > FlushUnits - 3)
+            {
+                totalA += Flush(ref accA);
+                totalB += Flush(ref accB);
+                totalC += Flush(ref accC);
+                totalD += Flush(ref accD);
+                units = 0;
+            }
+            var w0 = Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
+            var w1 = Vector512.LoadUnsafe(ref rw, (nuint)((t + 1) * Block));
+            var w2 = Vector512.LoadUnsafe(ref rw, (nuint)((t + 2) * Block));
+            accA += Triple(bytes, ref ra, t, w0, w1, w2);
+            accB += Triple(bytes, ref rb, t, w0, w1, w2);
+            accC += Triple(bytes, ref rc, t, w0, w1, w2);
+            accD += Triple(bytes, ref rd, t, w0, w1, w2);
+            units += 3;
+        }
+        if (units > FlushUnits - (words - t))
+        {
+            totalA += Flush(ref accA);
+            totalB += Flush(ref accB);
+            totalC += Flush(ref accC);
+            totalD += Flush(ref accD);
+        }
+        for (; t < words; t++)
+        {
+            var wt = Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
+            accA += bytes.Count((Vector512.Create(Unsafe.Add(ref ra, t)) ^ wt).AsByte());
+            accB += bytes.Count((Vector512.Create(Unsafe.Add(ref rb, t)) ^ wt).AsByte());
+            accC += bytes.Count((Vector512.Create(Unsafe.Add(ref rc, t)) ^ wt).AsByte());
+            accD += bytes.Count((Vector512.Create(Unsafe.Add(ref rd, t)) ^ wt).AsByte());
+        }
+        return (totalA + Flush(ref accA), totalB + Flush(ref accB), totalC + Flush(ref accC), totalD + Flush(ref accD));
+    }
+
+    /// <summary>Patch words t..t+2 against the filter rows: their XORs through the carry-save adder, counted per byte.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<byte> Triple<TBytes>(TBytes bytes, ref ulong patch, int t, Vector512<ulong> w0, Vector512<ulong> w1, Vector512<ulong> w2)
+        where TBytes : struct, IByteCounts<TBytes>
+    {
+        var x0 = Vector512.Create(Unsafe.Add(ref patch, t)) ^ w0;
+        var x1 = Vector512.Create(Unsafe.Add(ref patch, t + 1)) ^ w1;
+        var x2 = Vector512.Create(Unsafe.Add(ref patch, t + 2)) ^ w2;
+        return bytes.CountSumAndCarry(Avx512F.TernaryLogic(x0, x1, x2, 0x96).AsByte(), Avx512F.TernaryLogic(x0, x1, x2, 0xE8).AsByte());
     }
 
     /// <summary>Both patches' counts, per filter lane, through the carry-save triples.</summary>
