@@ -15,6 +15,8 @@ namespace Bnn.Engine;
 /// holds one filter: 8 filters per 256-bit register, all K of them kept in registers over the taps.</para>
 /// <para>Zero padding (a level of 0, which no pixel value encodes) is stored as pixel 0, whose level is −255: each
 /// padded tap then adds −255·w instead of 0, so border positions get 255·Σ_{padded taps} w added back, exactly.</para>
+/// <para>Each block of 8 sums is thresholded as soon as it leaves the instruction: the layer never stores its
+/// accumulators (CNV's would be 230 KB, and reading them back cost a quarter of the step).</para>
 /// </summary>
 internal sealed class VnniInputConvStep : PackedStep
 {
@@ -28,8 +30,8 @@ internal sealed class VnniInputConvStep : PackedStep
     private readonly int[] offsets;     // per filter: 255·Σ w
     private readonly int rowBytes;      // Wp·C, one padded image row in (H, W, C)
     private readonly int paddedWidth;
-    private readonly int[] borderPositions;    // output positions with a padded tap
-    private readonly int[] borderCorrections;  // per border position, K values of 255·Σ_{padded taps} w
+    private readonly int[] correctionRow;      // per output position, its row in corrections
+    private readonly int[] corrections;        // rows of K values of 255·Σ_{padded taps} w: one per border position, then zeros
 
     /// <summary>
     /// Whether this step runs <paramref name="layer"/>: AVX-VNNI present, the standard pixel code (raw pixels are what the
@@ -78,11 +80,13 @@ internal sealed class VnniInputConvStep : PackedStep
         var excess = BinaryConvStep.ZeroPadCorrection(layer, inShape, outShape);
         var border = Enumerable.Range(0, outShape.Height * outShape.Width)
             .Where(p => excess.AsSpan(p * k, k).ContainsAnyExcept(0)).ToArray();
-        borderPositions = border;
-        borderCorrections = border.SelectMany(p => excess.Skip(p * k).Take(k).Select(e => PixelCode.MaxAbs * e)).ToArray();
+        corrections = [.. border.SelectMany(p => excess.Skip(p * k).Take(k).Select(e => PixelCode.MaxAbs * e)), .. new int[k]];
+        correctionRow = Enumerable.Repeat(border.Length, outShape.Height * outShape.Width).ToArray();
+        for (int i = 0; i < border.Length; i++)
+        {
+            correctionRow[border[i]] = i;
+        }
     }
-
-    public override int AccumulatorCount => outShape.Size;
 
     public override bool TakesPixels => true;
 
@@ -90,7 +94,7 @@ internal sealed class VnniInputConvStep : PackedStep
     public override ReadOnlySpan<ulong> RunPixels(ReadOnlySpan<byte> pixels, ulong[] output, ulong[] padded, int[] acc)
     {
         var hwc = MemoryMarshal.AsBytes(padded.AsSpan());
-        int c = inShape.Channels, h = inShape.Height, w = inShape.Width, pad = layer.Padding, k = layer.OutChannels;
+        int c = inShape.Channels, h = inShape.Height, w = inShape.Width, pad = layer.Padding;
         for (int ch = 0; ch < c; ch++)
         {
             for (int y = 0; y < h; y++)
@@ -103,29 +107,19 @@ internal sealed class VnniInputConvStep : PackedStep
                 }
             }
         }
-        Accumulate(hwc, acc);
-        for (int i = 0; i < borderPositions.Length; i++)
-        {
-            var dst = acc.AsSpan(borderPositions[i] * k, k);
-            var add = borderCorrections.AsSpan(i * k, k);
-            for (int j = 0; j < k; j++)
-            {
-                dst[j] += add[j];
-            }
-        }
-        BinarizePositions(acc, layer.Threshold, outShape.Height * outShape.Width, layer.OutChannels, output);
+        ThresholdPositions(hwc, output);
         return output;
     }
 
-    /// <summary>Raw accumulators, position-major: acc[(oy·Wo + ox)·K + k].</summary>
+    /// <summary>The output bits of every position, two positions and four filter blocks at a time.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void Accumulate(Span<byte> hwc, Span<int> acc)
+    private void ThresholdPositions(Span<byte> hwc, Span<ulong> output)
     {
-        int k = layer.OutChannels, blocks = k / FiltersPerVector, s = layer.Stride, c = inShape.Channels;
+        int k = layer.OutChannels, blocks = k / FiltersPerVector, s = layer.Stride, c = inShape.Channels, words = BitConvention.Words(k);
         ref byte image = ref MemoryMarshal.GetReference(hwc);
         ref sbyte w0 = ref MemoryMarshal.GetArrayDataReference(weights);
-        ref int offset0 = ref MemoryMarshal.GetArrayDataReference(offsets);
-        ref int acc0 = ref MemoryMarshal.GetReference(acc);
+        var sums = new Sums(ref MemoryMarshal.GetArrayDataReference(offsets), ref MemoryMarshal.GetArrayDataReference(layer.Threshold.Bound));
+        ref int correction0 = ref MemoryMarshal.GetArrayDataReference(corrections);
         int perTap = blocks * FiltersPerVector * 4, wo = outShape.Width, step = s * c;
         for (int oy = 0; oy < outShape.Height; oy++)
         {
@@ -134,12 +128,16 @@ internal sealed class VnniInputConvStep : PackedStep
                 // Two output pixels (the second a repeat of the first at a row's odd end) and four filter blocks at a
                 // time: each weight load feeds two vpdpbusd, and eight independent sums hide the instruction's latency.
                 int second = Math.Min(ox + 1, wo - 1);
+                int p = (oy * wo) + ox, q = (oy * wo) + second;
                 ref byte patch0 = ref Unsafe.Add(ref image, (oy * s * rowBytes) + (ox * step));
                 ref byte patch1 = ref Unsafe.Add(ref image, (oy * s * rowBytes) + (second * step));
-                ref int dst0 = ref Unsafe.Add(ref acc0, ((oy * wo) + ox) * k);
-                ref int dst1 = ref Unsafe.Add(ref acc0, ((oy * wo) + second) * k);
+                ref int correctionA = ref Unsafe.Add(ref correction0, correctionRow[p] * k);
+                ref int correctionB = ref Unsafe.Add(ref correction0, correctionRow[q] * k);
+                ulong geA = 0, geB = 0;
                 for (int b = 0, count; b < blocks; b += count)
                 {
+                    // Four blocks at a time, then one: b is a multiple of 4 for every group of four, so a group never
+                    // straddles a 64-filter word.
                     count = blocks - b >= 4 ? 4 : 1;
                     Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
                     Vector256<int> b0 = default, b1 = default, b2 = default, b3 = default;
@@ -169,25 +167,49 @@ internal sealed class VnniInputConvStep : PackedStep
                             }
                         }
                     }
-                    Store(a0, b, ref offset0, ref dst0);
-                    Store(b0, b, ref offset0, ref dst1);
-                    if (count == 1)
+                    // The blocks' compare masks are gathered in registers and written once per 64 filters.
+                    int shift = (b & 7) * FiltersPerVector;
+                    geA |= sums.Compare(a0, b, ref correctionA) << shift;
+                    geB |= sums.Compare(b0, b, ref correctionB) << shift;
+                    if (count == 4)
                     {
-                        continue; // the last blocks go one at a time, in a0 and b0
+                        geA |= ((sums.Compare(a1, b + 1, ref correctionA) << 8) | (sums.Compare(a2, b + 2, ref correctionA) << 16)
+                            | (sums.Compare(a3, b + 3, ref correctionA) << 24)) << shift;
+                        geB |= ((sums.Compare(b1, b + 1, ref correctionB) << 8) | (sums.Compare(b2, b + 2, ref correctionB) << 16)
+                            | (sums.Compare(b3, b + 3, ref correctionB) << 24)) << shift;
                     }
-                    Store(a1, b + 1, ref offset0, ref dst0);
-                    Store(a2, b + 2, ref offset0, ref dst0);
-                    Store(a3, b + 3, ref offset0, ref dst0);
-                    Store(b1, b + 1, ref offset0, ref dst1);
-                    Store(b2, b + 2, ref offset0, ref dst1);
-                    Store(b3, b + 3, ref offset0, ref dst1);
+                    if (((b + count) & 7) == 0 || b + count == blocks)
+                    {
+                        int word = b >> 3;
+                        output[(p * words) + word] = Bits(geA, word);
+                        output[(q * words) + word] = Bits(geB, word);
+                        geA = geB = 0;
+                    }
                 }
             }
         }
     }
 
-    /// <summary>acc = 2·Σ w·p − 255·Σ w for one block of 8 filters.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(Vector256<int> dot, int block, ref int offsets, ref int dst) =>
-        ((dot << 1) - Vector256.LoadUnsafe(ref offsets, (nuint)(block * FiltersPerVector))).StoreUnsafe(ref dst, (nuint)(block * FiltersPerVector));
+    /// <summary>Bit set for −1: not ((sum ≥ bound) ≠ flip), and 0 past the last filter.</summary>
+    private ulong Bits(ulong ge, int word)
+    {
+        int valid = Math.Min(64, layer.OutChannels - (word * 64));
+        return ~(ge ^ layer.Threshold.FlipWords[word]) & (valid == 64 ? ulong.MaxValue : (1UL << valid) - 1);
+    }
+
+    /// <summary>The per-filter constants a block of 8 sums is finished and compared with.</summary>
+    private readonly ref struct Sums(ref int offsets, ref int bounds)
+    {
+        private readonly ref int offsets = ref offsets;
+        private readonly ref int bounds = ref bounds;
+
+        /// <summary>sum = 2·Σ w·p − 255·Σ w + the border correction, compared with the block's 8 bounds: 8 bits.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public ulong Compare(Vector256<int> dot, int block, ref int correction)
+        {
+            var at = (nuint)(block * FiltersPerVector);
+            var sum = (dot << 1) - Vector256.LoadUnsafe(ref offsets, at) + Vector256.LoadUnsafe(ref correction, at);
+            return Vector256.GreaterThanOrEqual(sum, Vector256.LoadUnsafe(ref bounds, at)).ExtractMostSignificantBits();
+        }
+    }
 }
