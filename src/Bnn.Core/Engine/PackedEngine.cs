@@ -382,6 +382,7 @@ internal sealed class BinaryConvStep : PackedStep
     private readonly PopCountKernel kernel;
     private readonly ulong[] weights; // (K, ky, kx, words)
     private readonly ulong[]? blocked; // (⌈K/8⌉, ky·kx·words, 8) for the filter-blocked kernel
+    private readonly int[] pairedBounds = []; // per block of 8 filters, their bounds twice (FilterBlockedPopCount.PairBounds)
     private readonly ulong[] padPixel;
     private readonly int[]? zeroPadCorrection; // position-major (Ho·Wo, K); null unless the layer pads with 0
     private readonly int inWords;
@@ -408,6 +409,7 @@ internal sealed class BinaryConvStep : PackedStep
         if (kernel == PopCountKernel.Avx512FilterBlocked)
         {
             blocked = FilterBlockedPopCount.Interleave(weights, layer.OutChannels, layer.KernelH * layer.KernelW * inWords);
+            pairedBounds = FilterBlockedPopCount.PairBounds(layer.Threshold.Bound);
         }
         if (layer.Padding > 0 && layer.PadValue == 0)
         {
@@ -513,9 +515,9 @@ internal sealed class BinaryConvStep : PackedStep
 
     /// <summary>
     /// Gathers each position's patch once and counts positions four at a time against 8 filters per step (the last
-    /// one to three in a pair). With an <paramref name="output"/>, each group's sums are thresholded at once from the
-    /// first 4K accumulators, which stay in L1, instead of going out to the whole layer's accumulators and back
-    /// (conv1's are 200 KB).
+    /// one to three in a pair). With an <paramref name="output"/>, the four are thresholded in registers, straight into
+    /// packed bits, and the last ones from the first 2K accumulators; nothing goes out to the whole layer's
+    /// accumulators and back (conv1's are 200 KB).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc, Span<ulong> output)
@@ -530,11 +532,13 @@ internal sealed class BinaryConvStep : PackedStep
             {
                 GatherPatch(src, (p + i) / wo, (p + i) % wo, rowWidth, rowWords, patches.Slice(i * perFilter, perFilter));
             }
-            var dots = fused ? acc[..(4 * k)] : acc.Slice(p * k, 4 * k);
-            FilterBlockedPopCount.DotProducts4(patches, blocked, k, n, dots);
             if (fused)
             {
-                BinarizePositions(dots, layer.Threshold, 4, k, output.Slice(p * outWords, 4 * outWords));
+                FilterBlockedPopCount.Threshold4(patches, blocked, k, n, pairedBounds, layer.Threshold.FlipWords, output.Slice(p * outWords, 4 * outWords));
+            }
+            else
+            {
+                FilterBlockedPopCount.DotProducts4(patches, blocked, k, n, acc.Slice(p * k, 4 * k));
             }
         }
         for (; p < positions; p += 2)

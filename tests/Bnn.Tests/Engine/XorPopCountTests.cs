@@ -1,5 +1,7 @@
 using System.Numerics;
+using Bnn.Engine;
 using Bnn.Engine.Kernels;
+using Bnn.Model;
 
 namespace Bnn.Tests.Engine;
 
@@ -220,6 +222,50 @@ public sealed class FilterBlockedPopCountTests
                 Assert.Equal([.. expectedB, 0], dotB);
                 Assert.Equal([.. expectedB, 0], single);
                 Assert.Equal([.. expectedB, .. expectedA, .. expectedA, .. expectedB, 0], quad);
+            }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Counters))]
+    public void Threshold4_EveryFilterCountAndLength_MatchesThresholdedDotProducts(ByteCounter? counter)
+    {
+        var rng = new Random(7);
+        foreach (int words in new[] { 0, 1, 3, 9, 13, 36 })
+        {
+            foreach (int filters in new[] { 1, 8, 9, 63, 64, 65, 130 })
+            {
+                var weights = Enumerable.Range(0, filters * words).Select(_ => (ulong)rng.NextInt64()).ToArray();
+                var bank = FilterBlockedPopCount.Interleave(weights, filters, words);
+                var patches = Enumerable.Range(0, 4 * words).Select(_ => (ulong)rng.NextInt64()).ToArray();
+                int n = words * 64;
+                // Bounds near the dot products' spread, flips at random, and a constant channel or two.
+                var bounds = Enumerable.Range(0, filters).Select(_ => rng.Next(-n / 8, (n / 8) + 2)).ToArray();
+                bounds[0] = int.MinValue;
+                var flip = Enumerable.Range(0, filters).Select(_ => rng.Next(2) == 1).ToArray();
+                var threshold = Threshold.FromBounds(bounds, flip);
+                int outWords = BitConvention.Words(filters);
+                var output = Enumerable.Repeat(ulong.MaxValue, (4 * outWords) + 1).ToArray();
+                var paired = FilterBlockedPopCount.PairBounds(bounds);
+                if (counter is { } c)
+                {
+                    FilterBlockedPopCount.Threshold4(patches, bank, filters, n, paired, threshold.FlipWords, output, c);
+                }
+                else
+                {
+                    FilterBlockedPopCount.Threshold4(patches, bank, filters, n, paired, threshold.FlipWords, output);
+                }
+                for (int i = 0; i < 4; i++)
+                {
+                    for (int k = 0; k < 64 * outWords; k++)
+                    {
+                        ulong bit = (output[(i * outWords) + (k / 64)] >> (k % 64)) & 1;
+                        ulong expected = k >= filters ? 0
+                            : BitConvention.Bit(threshold.IsPositive(k, n - (2 * XorPopCount.Scalar(patches.AsSpan(i * words, words), weights.AsSpan(k * words, words)))) ? 1 : -1);
+                        Assert.Equal(expected, bit);
+                    }
+                }
+                Assert.Equal(ulong.MaxValue, output[^1]); // never writes past four positions
             }
         }
     }

@@ -184,6 +184,82 @@ internal static class FilterBlockedPopCount
         }
     }
 
+    /// <summary>
+    /// <see cref="DotProducts4(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, int, int, Span{int})"/> thresholded straight
+    /// into packed bits: the four positions' ⌈filters/64⌉ output words each, back to back in <paramref name="output"/>.
+    /// A bit is set for −1, i.e. not ((dot ≥ bound) ≠ flip), and 0 past the last filter (<see cref="BitConvention"/>).
+    /// <paramref name="pairedBounds"/> holds, per block of 8 filters, their 8 bounds twice (<see cref="PairBounds"/>), so
+    /// that one compare covers two positions.
+    /// </summary>
+    public static void Threshold4(ReadOnlySpan<ulong> patches, ReadOnlySpan<ulong> bank, int filters, int n,
+        ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output) =>
+        Threshold4(patches, bank, filters, n, pairedBounds, flips, output, IsAccelerated ? Counter : null);
+
+    /// <summary>
+    /// <see cref="Threshold4(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, int, int, ReadOnlySpan{int}, ReadOnlySpan{ulong}, Span{ulong})"/>
+    /// with a chosen byte counter, or through the scalar reference for null.
+    /// </summary>
+    public static void Threshold4(ReadOnlySpan<ulong> patches, ReadOnlySpan<ulong> bank, int filters, int n,
+        ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output, ByteCounter? counter)
+    {
+        if (patches.Length % 4 != 0)
+        {
+            throw new ArgumentException("four patches of equal length expected", nameof(patches));
+        }
+        int words = patches.Length / 4, blocks = (filters + Block - 1) / Block, outWords = BitConvention.Words(filters);
+        CheckBank(bank, filters, words);
+        ArgumentOutOfRangeException.ThrowIfLessThan(pairedBounds.Length, blocks * 2 * Block);
+        ArgumentOutOfRangeException.ThrowIfLessThan(flips.Length, outWords);
+        ArgumentOutOfRangeException.ThrowIfLessThan(output.Length, 4 * outWords);
+        switch (counter)
+        {
+            case ByteCounter.Vbmi:
+                ThresholdQuad(VbmiBytes.Create(), patches, bank, filters, n, pairedBounds, flips, output);
+                break;
+            case ByteCounter.Nibble:
+                ThresholdQuad(NibbleBytes.Create(), patches, bank, filters, n, pairedBounds, flips, output);
+                break;
+            default:
+                for (int i = 0; i < 4; i++)
+                {
+                    var patch = patches.Slice(i * words, words);
+                    var bits = output.Slice(i * outWords, outWords);
+                    bits.Clear();
+                    for (int k = 0; k < filters; k++)
+                    {
+                        int dot = n - (2 * ScalarCount(patch, bank, k));
+                        bool positive = (dot >= pairedBounds[((k / Block) * 2 * Block) + (k % Block)]) != ((flips[k >> 6] >> (k & 63) & 1) != 0);
+                        bits[k >> 6] |= positive ? 0 : 1UL << (k & 63);
+                    }
+                }
+                break;
+        }
+    }
+
+    /// <summary>popcount(patch ⊕ filter k) of an interleaved bank, one word at a time: the reference.</summary>
+    private static int ScalarCount(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> bank, int k)
+    {
+        int pop = 0;
+        for (int t = 0; t < patch.Length; t++)
+        {
+            pop += BitOperations.PopCount(patch[t] ^ bank[(((k / Block * patch.Length) + t) * Block) + (k % Block)]);
+        }
+        return pop;
+    }
+
+    /// <summary>Per block of 8 filters, their 8 bounds twice, zero-padded to whole blocks: the layout of <see cref="Threshold4(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, int, int, ReadOnlySpan{int}, ReadOnlySpan{ulong}, Span{ulong})"/>.</summary>
+    public static int[] PairBounds(ReadOnlySpan<int> bounds)
+    {
+        int blocks = (bounds.Length + Block - 1) / Block;
+        var paired = new int[blocks * 2 * Block];
+        for (int k = 0; k < bounds.Length; k++)
+        {
+            paired[((k / Block) * 2 * Block) + (k % Block)] = bounds[k];
+            paired[((k / Block) * 2 * Block) + Block + (k % Block)] = bounds[k];
+        }
+        return paired;
+    }
+
     /// <summary>One patch against every block of an interleaved filter bank: a dense layer's dot products.</summary>
     public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dot) =>
         DotProducts(patch, bank, filters, n, dot, Counter);
@@ -252,6 +328,55 @@ internal static class FilterBlockedPopCount
             int count = Math.Min(Block, filters - first);
             Write(dots.GetLower(), dotA.Slice(first, count));
             Write(dots.GetUpper(), dotB.Slice(first, count));
+        }
+    }
+
+    /// <summary>
+    /// Each block's 16 dot products (two positions' 8) are compared with the paired bounds in one vpcmpd; the 16-bit
+    /// mask's halves land at the block's place in each position's word, which is written once its 8 blocks are in.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ThresholdQuad<TBytes>(TBytes bytes, ReadOnlySpan<ulong> patches, ReadOnlySpan<ulong> bank, int filters, int n,
+        ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output)
+        where TBytes : struct, IByteCounts<TBytes>
+    {
+        int words = patches.Length / 4, blockWords = words * Block, outWords = BitConvention.Words(filters);
+        ref ulong a = ref Unsafe.AsRef(in patches.GetPinnableReference());
+        ref ulong b = ref Unsafe.Add(ref a, words);
+        ref ulong c = ref Unsafe.Add(ref b, words);
+        ref ulong d = ref Unsafe.Add(ref c, words);
+        ref ulong w = ref Unsafe.AsRef(in bank.GetPinnableReference());
+        ref int bound = ref Unsafe.AsRef(in pairedBounds.GetPinnableReference());
+        var nn = Vector512.Create(n);
+        var lowDwords = Vector512.Create(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        ulong geAB = 0, geCD = 0, geAB2 = 0, geCD2 = 0;
+        for (int first = 0; first < filters; first += Block)
+        {
+            var (countsA, countsB, countsC, countsD) = QuadCounts(bytes, ref a, ref b, ref c, ref d, words, ref Unsafe.Add(ref w, (first / Block) * blockWords));
+            var bounds16 = Vector512.LoadUnsafe(ref bound, (nuint)(first * 2));
+            var dotsAB = nn - (Avx512F.PermuteVar16x32x2(countsA.AsInt32(), lowDwords, countsB.AsInt32()) << 1);
+            var dotsCD = nn - (Avx512F.PermuteVar16x32x2(countsC.AsInt32(), lowDwords, countsD.AsInt32()) << 1);
+            // Bits 0-7 of each mask are the first position's, 8-15 the second's; each position gathers its word's
+            // 64 bits, a byte per block, in a register of its own.
+            int slot = (first >> 3) & 7;
+            ulong maskAB = Vector512.GreaterThanOrEqual(dotsAB, bounds16).ExtractMostSignificantBits();
+            ulong maskCD = Vector512.GreaterThanOrEqual(dotsCD, bounds16).ExtractMostSignificantBits();
+            geAB |= (maskAB & 0xFF) << (slot * 8);
+            geAB2 |= (maskAB >> 8) << (slot * 8);
+            geCD |= (maskCD & 0xFF) << (slot * 8);
+            geCD2 |= (maskCD >> 8) << (slot * 8);
+            if (slot == 7 || first + Block >= filters)
+            {
+                int word = first >> 6;
+                int valid = Math.Min(64, filters - (word * 64));
+                ulong keep = valid == 64 ? ulong.MaxValue : (1UL << valid) - 1;
+                ulong flip = flips[word];
+                output[word] = ~(geAB ^ flip) & keep;
+                output[outWords + word] = ~(geAB2 ^ flip) & keep;
+                output[(2 * outWords) + word] = ~(geCD ^ flip) & keep;
+                output[(3 * outWords) + word] = ~(geCD2 ^ flip) & keep;
+                geAB = geAB2 = geCD = geCD2 = 0;
+            }
         }
     }
 
