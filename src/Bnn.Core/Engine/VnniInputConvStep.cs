@@ -94,21 +94,53 @@ internal sealed class VnniInputConvStep : PackedStep
     public override ReadOnlySpan<ulong> RunPixels(ReadOnlySpan<byte> pixels, ulong[] output, ulong[] padded, int[] acc)
     {
         var hwc = MemoryMarshal.AsBytes(padded.AsSpan());
-        int c = inShape.Channels, h = inShape.Height, w = inShape.Width, pad = layer.Padding;
-        for (int ch = 0; ch < c; ch++)
+        ToHwc(pixels, hwc);
+        ThresholdPositions(hwc, output);
+        return output;
+    }
+
+    /// <summary>
+    /// Interleaves the (C, H, W) planes into the padded (H, W, C) image. Three planes (RGB) go 16 pixels at a time
+    /// through one vpermb where VBMI is present: byte by byte, this had cost an eighth of the step.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void ToHwc(ReadOnlySpan<byte> pixels, Span<byte> hwc)
+    {
+        int c = inShape.Channels, h = inShape.Height, w = inShape.Width, pad = layer.Padding, plane = h * w;
+        if (pixels.Length < c * plane)
         {
-            for (int y = 0; y < h; y++)
+            throw new ArgumentException("the image is smaller than the layer's input shape", nameof(pixels));
+        }
+        bool rgb = c == 3 && Avx512Vbmi.IsSupported;
+        // Output byte j of 48 is pixel j / 3's channel j % 3, found at byte 16·(j % 3) + j / 3 of (R, G, B, 0).
+        var interleave = Vector512.Create(
+            (byte)0, 16, 32, 1, 17, 33, 2, 18, 34, 3, 19, 35, 4, 20, 36, 5, 21, 37, 6, 22, 38, 7, 23, 39, 8, 24, 40, 9, 25, 41, 10, 26,
+            42, 11, 27, 43, 12, 28, 44, 13, 29, 45, 14, 30, 46, 15, 31, 47, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        for (int y = 0; y < h; y++)
+        {
+            var dst = hwc[((((y + pad) * paddedWidth) + pad) * c)..];
+            int x = 0;
+            if (rgb)
             {
-                var src = pixels.Slice(((ch * h) + y) * w, w);
-                var dst = hwc[((((y + pad) * paddedWidth) + pad) * c)..];
-                for (int x = 0; x < w; x++)
+                for (; x + 16 <= w; x += 16)
                 {
-                    dst[(x * c) + ch] = src[x];
+                    int at = (y * w) + x;
+                    var rg = Vector256.Create(Vector128.Create(pixels.Slice(at, 16)), Vector128.Create(pixels.Slice(plane + at, 16)));
+                    var b = Vector256.Create(Vector128.Create(pixels.Slice((2 * plane) + at, 16)), Vector128<byte>.Zero);
+                    var mixed = Avx512Vbmi.PermuteVar64x8(Vector512.Create(rg, b), interleave);
+                    // 48 bytes, stored as 32 + 16 so the padding past the row is never written.
+                    mixed.GetLower().CopyTo(dst.Slice(3 * x, 32));
+                    mixed.GetUpper().GetLower().CopyTo(dst.Slice((3 * x) + 32, 16));
+                }
+            }
+            for (; x < w; x++)
+            {
+                for (int ch = 0; ch < c; ch++)
+                {
+                    dst[(x * c) + ch] = pixels[(ch * plane) + (y * w) + x];
                 }
             }
         }
-        ThresholdPositions(hwc, output);
-        return output;
     }
 
     /// <summary>The output bits of every position, two positions and four filter blocks at a time.</summary>
