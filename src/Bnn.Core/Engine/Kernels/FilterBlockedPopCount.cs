@@ -268,9 +268,36 @@ internal static class FilterBlockedPopCount
     public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dot, ByteCounter counter)
     {
         int blockWords = patch.Length * Block;
+        if (!IsAccelerated)
+        {
+            for (int first = 0; first < filters; first += Block)
+            {
+                DotProducts(patch, bank.Slice((first / Block) * blockWords, blockWords), n, dot.Slice(first, Math.Min(Block, filters - first)), counter);
+            }
+            return;
+        }
+        CheckBank(bank, filters, patch.Length);
+        ArgumentOutOfRangeException.ThrowIfLessThan(dot.Length, filters);
+        if (counter == ByteCounter.Vbmi)
+        {
+            BankSingle(VbmiBytes.Create(), patch, bank, filters, n, dot);
+        }
+        else
+        {
+            BankSingle(NibbleBytes.Create(), patch, bank, filters, n, dot);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void BankSingle<TBytes>(TBytes bytes, ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dot)
+        where TBytes : struct, IByteCounts<TBytes>
+    {
+        int blockWords = patch.Length * Block;
+        var nn = Vector256.Create(n);
         for (int first = 0; first < filters; first += Block)
         {
-            DotProducts(patch, bank.Slice((first / Block) * blockWords, blockWords), n, dot.Slice(first, Math.Min(Block, filters - first)), counter);
+            var counts = SingleCounts(bytes, patch, bank.Slice((first / Block) * blockWords, blockWords));
+            Write(nn - (Avx512F.ConvertToVector256Int32(counts.AsInt64()) << 1), dot.Slice(first, Math.Min(Block, filters - first)));
         }
     }
 
@@ -308,7 +335,7 @@ internal static class FilterBlockedPopCount
     }
 
     private static Vector512<ulong> Counts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, ByteCounter counter) =>
-        counter == ByteCounter.Vbmi ? SingleCounts<VbmiBytes>(patch, block) : SingleCounts<NibbleBytes>(patch, block);
+        counter == ByteCounter.Vbmi ? SingleCounts(VbmiBytes.Create(), patch, block) : SingleCounts(NibbleBytes.Create(), patch, block);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void BankPair<TBytes>(TBytes bytes, ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dotA, Span<int> dotB)
@@ -508,11 +535,10 @@ internal static class FilterBlockedPopCount
     }
 
     /// <summary>One patch's counts, per filter lane, through the carry-save triples.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static Vector512<ulong> SingleCounts<TBytes>(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<ulong> SingleCounts<TBytes>(TBytes bytes, ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block)
         where TBytes : struct, IByteCounts<TBytes>
     {
-        var bytes = TBytes.Create();
         var total = Vector512<ulong>.Zero;
         var acc = Vector512<byte>.Zero;
         ref ulong rw = ref Unsafe.AsRef(in block.GetPinnableReference());
