@@ -544,15 +544,21 @@ internal sealed class BinaryConvStep : PackedStep
         }
         for (; p < positions; p += 2)
         {
-            // The second of a pair repeats the first at an odd end; its results are overwritten with the same values.
+            // An odd last position is counted alone.
             int q = Math.Min(p + 1, positions - 1);
             var patchA = patches[..perFilter];
             var patchB = patches.Slice(perFilter, perFilter);
             GatherPatch(src, p / wo, p % wo, rowWidth, rowWords, patchA);
-            GatherPatch(src, q / wo, q % wo, rowWidth, rowWords, patchB);
             var dotA = fused ? acc[..k] : acc.Slice(p * k, k);
-            var dotB = fused ? acc.Slice(k, k) : acc.Slice(q * k, k);
-            FilterBlockedPopCount.DotProducts(patchA, patchB, blocked, k, n, dotA, dotB);
+            if (q == p)
+            {
+                FilterBlockedPopCount.DotProducts(patchA, blocked, k, n, dotA);
+            }
+            else
+            {
+                GatherPatch(src, q / wo, q % wo, rowWidth, rowWords, patchB);
+                FilterBlockedPopCount.DotProducts(patchA, patchB, blocked, k, n, dotA, fused ? acc.Slice(k, k) : acc.Slice(q * k, k));
+            }
             if (fused)
             {
                 BinarizePositions(acc[..(2 * k)], layer.Threshold, q - p + 1, k, output.Slice(p * outWords, (q - p + 1) * outWords));
