@@ -334,6 +334,7 @@ internal static class FilterBlockedPopCount
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static Vector512<ulong> Counts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, ByteCounter counter) =>
         counter == ByteCounter.Vbmi ? SingleCounts(VbmiBytes.Create(), patch, block) : SingleCounts(NibbleBytes.Create(), patch, block);
 

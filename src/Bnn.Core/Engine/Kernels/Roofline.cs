@@ -38,10 +38,12 @@ public static class Roofline
             FilterBlockedPopCount.Compute(a, filters, counts);
             return counts[0];
         });
-        // Two patches per filter load, as the engine's conv runs it, through each byte counter: the machine's best,
-        // hence the roofline.
+        // Two patches per filter load through each byte counter, as the conv runs its last positions.
         var second = a.Reverse().ToArray();
         var dotB = new int[FilterBlockedPopCount.Block];
+        // And four patches per filter load, as the conv runs all but its last positions.
+        ulong[] four = [.. a, .. second, .. second, .. a];
+        var dots4 = new int[4 * FilterBlockedPopCount.Block];
         foreach (var counter in FilterBlockedPopCount.SupportedCounters)
         {
             rates[$"{nameof(PopCountKernel.Avx512FilterBlocked)}Pair{counter}"] = Rate(secondsPerKernel, 2L * words * 64 * FilterBlockedPopCount.Block, () =>
@@ -49,16 +51,27 @@ public static class Roofline
                 FilterBlockedPopCount.DotProducts(a, second, filters, FilterBlockedPopCount.Block, words * 64, counts, dotB, counter);
                 return counts[0] + dotB[0];
             });
+            rates[$"{nameof(PopCountKernel.Avx512FilterBlocked)}Quad{counter}"] = Rate(secondsPerKernel, 4L * words * 64 * FilterBlockedPopCount.Block, () =>
+            {
+                FilterBlockedPopCount.DotProducts4(four, filters, FilterBlockedPopCount.Block, words * 64, dots4, counter);
+                return dots4[0] + dots4[^1];
+            });
         }
         return new Result(rates);
     }
 
     private static double Rate(double seconds, long bitsPerCall, Func<int> call)
     {
+        // Warm up for as long as the measurement: a fixed count of calls can end before tiered compilation has
+        // installed the optimized code, and then the rate measures tier-0 code for part of the time.
         int sink = 0;
-        for (int i = 0; i < 1000; i++)
+        var warm = Stopwatch.StartNew();
+        while (warm.Elapsed.TotalSeconds < seconds)
         {
-            sink += call();
+            for (int i = 0; i < 1000; i++)
+            {
+                sink += call();
+            }
         }
         long calls = 0;
         var clock = Stopwatch.StartNew();
