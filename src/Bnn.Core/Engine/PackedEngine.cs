@@ -529,18 +529,19 @@ internal sealed class BinaryConvStep : PackedStep
         int p = 0;
         for (; p + 4 <= positions; p += 4)
         {
+            if (fused)
+            {
+                // Read in place as kh runs of the source: gathering the four patches first cost about 4 % of the image.
+                Span<int> starts = [Start(p, wo, rowWidth), Start(p + 1, wo, rowWidth), Start(p + 2, wo, rowWidth), Start(p + 3, wo, rowWidth)];
+                FilterBlockedPopCount.Threshold4(src, starts, layer.KernelH, rowWords, rowWidth * inWords, blocked, k, n, pairedBounds, layer.Threshold.FlipWords,
+                    output.Slice(p * outWords, 4 * outWords));
+                continue;
+            }
             for (int i = 0; i < 4; i++)
             {
                 GatherPatch(src, (p + i) / wo, (p + i) % wo, rowWidth, rowWords, patches.Slice(i * perFilter, perFilter));
             }
-            if (fused)
-            {
-                FilterBlockedPopCount.Threshold4(patches, blocked, k, n, pairedBounds, layer.Threshold.FlipWords, output.Slice(p * outWords, 4 * outWords));
-            }
-            else
-            {
-                FilterBlockedPopCount.DotProducts4(patches, blocked, k, n, acc.Slice(p * k, 4 * k));
-            }
+            FilterBlockedPopCount.DotProducts4(patches, blocked, k, n, acc.Slice(p * k, 4 * k));
         }
         for (; p < positions; p += 2)
         {
@@ -565,6 +566,9 @@ internal sealed class BinaryConvStep : PackedStep
             }
         }
     }
+
+    /// <summary>Where position <paramref name="position"/>'s patch starts in the (padded) source.</summary>
+    private int Start(int position, int wo, int rowWidth) => ((((position / wo) * layer.Stride) * rowWidth) + ((position % wo) * layer.Stride)) * inWords;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void GatherPatch(ReadOnlySpan<ulong> src, int oy, int ox, int rowWidth, int rowWords, Span<ulong> patch)

@@ -271,6 +271,32 @@ public sealed class FilterBlockedPopCountTests
     }
 
     [Fact]
+    public void Threshold4InPlace_RowsOfTheSource_EqualThresholdingGatheredPatches()
+    {
+        var rng = new Random(8);
+        foreach (var (rows, rowWords, stride) in new[] { (3, 3, 30), (3, 6, 12), (1, 7, 7), (2, 4, 9), (3, 12, 40) })
+        {
+            foreach (int filters in new[] { 8, 64, 100 })
+            {
+                int words = rows * rowWords;
+                var source = Enumerable.Range(0, (rows * stride) + 20).Select(_ => (ulong)rng.NextInt64()).ToArray();
+                int[] starts = [0, 1, 5, source.Length - (((rows - 1) * stride) + rowWords)];
+                var bank = FilterBlockedPopCount.Interleave(Enumerable.Range(0, filters * words).Select(_ => (ulong)rng.NextInt64()).ToArray(), filters, words);
+                var bounds = FilterBlockedPopCount.PairBounds(Enumerable.Range(0, filters).Select(_ => rng.Next(-words * 8, (words * 8) + 1)).ToArray());
+                var flips = Enumerable.Range(0, BitConvention.Words(filters)).Select(_ => (ulong)rng.NextInt64()).ToArray();
+                var gathered = starts.SelectMany(s => Enumerable.Range(0, rows).SelectMany(r => source.Skip(s + (r * stride)).Take(rowWords))).ToArray();
+                var expected = new ulong[4 * BitConvention.Words(filters)];
+                var actual = new ulong[expected.Length];
+                FilterBlockedPopCount.Threshold4(gathered, bank, filters, words * 64, bounds, flips, expected, null);
+                FilterBlockedPopCount.Threshold4(source, starts, rows, rowWords, stride, bank, filters, words * 64, bounds, flips, actual);
+                Assert.Equal(expected, actual);
+            }
+        }
+        Assert.Throws<ArgumentOutOfRangeException>(() => FilterBlockedPopCount.Threshold4(new ulong[10], [0, 0, 0, 2], 3, 3, 4, new ulong[72], 8, 576,
+            new int[16], new ulong[1], new ulong[4]));
+    }
+
+    [Fact]
     public void Interleave_PutsFilterWordsSideBySide_AndZeroFillsTheLastBlock()
     {
         var filters = Enumerable.Range(0, 10 * 3).Select(i => (ulong)(i + 1)).ToArray(); // 10 filters of 3 words

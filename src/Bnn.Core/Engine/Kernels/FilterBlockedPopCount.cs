@@ -214,10 +214,12 @@ internal static class FilterBlockedPopCount
         switch (counter)
         {
             case ByteCounter.Vbmi:
-                ThresholdQuad(VbmiBytes.Create(), patches, bank, filters, n, pairedBounds, flips, output);
+                ThresholdQuad(VbmiBytes.Create(), ref Word(patches, 0), ref Word(patches, words), ref Word(patches, 2 * words), ref Word(patches, 3 * words),
+                    1, words, words, bank, filters, n, pairedBounds, flips, output);
                 break;
             case ByteCounter.Nibble:
-                ThresholdQuad(NibbleBytes.Create(), patches, bank, filters, n, pairedBounds, flips, output);
+                ThresholdQuad(NibbleBytes.Create(), ref Word(patches, 0), ref Word(patches, words), ref Word(patches, 2 * words), ref Word(patches, 3 * words),
+                    1, words, words, bank, filters, n, pairedBounds, flips, output);
                 break;
             default:
                 for (int i = 0; i < 4; i++)
@@ -246,6 +248,53 @@ internal static class FilterBlockedPopCount
         }
         return pop;
     }
+
+    /// <summary>
+    /// <see cref="Threshold4(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, int, int, ReadOnlySpan{int}, ReadOnlySpan{ulong}, Span{ulong})"/>
+    /// on patches read in place: patch i starts at <paramref name="source"/>[<paramref name="starts"/>[i]] and is
+    /// <paramref name="rows"/> runs of <paramref name="rowWords"/> words, <paramref name="stride"/> words apart.
+    /// </summary>
+    public static void Threshold4(ReadOnlySpan<ulong> source, ReadOnlySpan<int> starts, int rows, int rowWords, int stride, ReadOnlySpan<ulong> bank, int filters, int n,
+        ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output)
+    {
+        int blocks = (filters + Block - 1) / Block, outWords = BitConvention.Words(filters);
+        CheckBank(bank, filters, rows * rowWords);
+        ArgumentOutOfRangeException.ThrowIfLessThan(pairedBounds.Length, blocks * 2 * Block);
+        ArgumentOutOfRangeException.ThrowIfLessThan(flips.Length, outWords);
+        ArgumentOutOfRangeException.ThrowIfLessThan(output.Length, 4 * outWords);
+        for (int i = 0; i < 4; i++)
+        {
+            if (starts[i] < 0 || (rows > 0 && (long)starts[i] + ((long)(rows - 1) * stride) + rowWords > source.Length))
+            {
+                throw new ArgumentOutOfRangeException(nameof(starts), "a patch runs past its source");
+            }
+        }
+        if (!IsAccelerated)
+        {
+            Span<ulong> patches = new ulong[4 * rows * rowWords];
+            for (int i = 0; i < 4; i++)
+            {
+                for (int r = 0; r < rows; r++)
+                {
+                    source.Slice(starts[i] + (r * stride), rowWords).CopyTo(patches.Slice(((i * rows) + r) * rowWords, rowWords));
+                }
+            }
+            Threshold4(patches, bank, filters, n, pairedBounds, flips, output, null);
+            return;
+        }
+        if (Counter == ByteCounter.Vbmi)
+        {
+            ThresholdQuad(VbmiBytes.Create(), ref Word(source, starts[0]), ref Word(source, starts[1]), ref Word(source, starts[2]), ref Word(source, starts[3]),
+                rows, rowWords, stride, bank, filters, n, pairedBounds, flips, output);
+        }
+        else
+        {
+            ThresholdQuad(NibbleBytes.Create(), ref Word(source, starts[0]), ref Word(source, starts[1]), ref Word(source, starts[2]), ref Word(source, starts[3]),
+                rows, rowWords, stride, bank, filters, n, pairedBounds, flips, output);
+        }
+    }
+
+    private static ref ulong Word(ReadOnlySpan<ulong> span, int index) => ref Unsafe.Add(ref Unsafe.AsRef(in span.GetPinnableReference()), index);
 
     /// <summary>Per block of 8 filters, their 8 bounds twice, zero-padded to whole blocks: the layout of <see cref="Threshold4(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, int, int, ReadOnlySpan{int}, ReadOnlySpan{ulong}, Span{ulong})"/>.</summary>
     public static int[] PairBounds(ReadOnlySpan<int> bounds)
@@ -364,15 +413,11 @@ internal static class FilterBlockedPopCount
     /// mask's halves land at the block's place in each position's word, which is written once its 8 blocks are in.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void ThresholdQuad<TBytes>(TBytes bytes, ReadOnlySpan<ulong> patches, ReadOnlySpan<ulong> bank, int filters, int n,
-        ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output)
+    private static void ThresholdQuad<TBytes>(TBytes bytes, ref ulong a, ref ulong b, ref ulong c, ref ulong d, int rows, int rowWords, int stride,
+        ReadOnlySpan<ulong> bank, int filters, int n, ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output)
         where TBytes : struct, IByteCounts<TBytes>
     {
-        int words = patches.Length / 4, blockWords = words * Block, outWords = BitConvention.Words(filters);
-        ref ulong a = ref Unsafe.AsRef(in patches.GetPinnableReference());
-        ref ulong b = ref Unsafe.Add(ref a, words);
-        ref ulong c = ref Unsafe.Add(ref b, words);
-        ref ulong d = ref Unsafe.Add(ref c, words);
+        int blockWords = rows * rowWords * Block, outWords = BitConvention.Words(filters);
         ref ulong w = ref Unsafe.AsRef(in bank.GetPinnableReference());
         ref int bound = ref Unsafe.AsRef(in pairedBounds.GetPinnableReference());
         var nn = Vector512.Create(n);
@@ -380,7 +425,7 @@ internal static class FilterBlockedPopCount
         ulong geAB = 0, geCD = 0, geAB2 = 0, geCD2 = 0;
         for (int first = 0; first < filters; first += Block)
         {
-            var (countsA, countsB, countsC, countsD) = QuadCounts(bytes, ref a, ref b, ref c, ref d, words, ref Unsafe.Add(ref w, (first / Block) * blockWords));
+            var (countsA, countsB, countsC, countsD) = QuadCounts(bytes, ref a, ref b, ref c, ref d, rows, rowWords, stride, ref Unsafe.Add(ref w, (first / Block) * blockWords));
             var bounds16 = Vector512.LoadUnsafe(ref bound, (nuint)(first * 2));
             var dotsAB = nn - (Avx512F.PermuteVar16x32x2(countsA.AsInt32(), lowDwords, countsB.AsInt32()) << 1);
             var dotsCD = nn - (Avx512F.PermuteVar16x32x2(countsC.AsInt32(), lowDwords, countsD.AsInt32()) << 1);
@@ -423,7 +468,7 @@ internal static class FilterBlockedPopCount
         for (int first = 0; first < filters; first += Block)
         {
             ref ulong block = ref Unsafe.Add(ref w, (first / Block) * blockWords);
-            var (countsA, countsB, countsC, countsD) = QuadCounts(bytes, ref a, ref b, ref c, ref d, words, ref block);
+            var (countsA, countsB, countsC, countsD) = QuadCounts(bytes, ref a, ref b, ref c, ref d, 1, words, words, ref block);
             var dotsAB = nn - (Avx512F.PermuteVar16x32x2(countsA.AsInt32(), lowDwords, countsB.AsInt32()) << 1);
             var dotsCD = nn - (Avx512F.PermuteVar16x32x2(countsC.AsInt32(), lowDwords, countsD.AsInt32()) << 1);
             int count = Math.Min(Block, filters - first);
@@ -434,48 +479,58 @@ internal static class FilterBlockedPopCount
         }
     }
 
-    /// <summary>Four patches' counts, per filter lane, each filter row loaded once for all four.</summary>
+    /// <summary>
+    /// Four patches' counts, per filter lane, each filter row loaded once for all four. A patch is
+    /// <paramref name="rows"/> runs of <paramref name="rowWords"/> words, <paramref name="stride"/> words apart in its
+    /// source (one run for a gathered patch), and the filter block holds the same words back to back.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static (Vector512<ulong> A, Vector512<ulong> B, Vector512<ulong> C, Vector512<ulong> D) QuadCounts<TBytes>(
-        TBytes bytes, ref ulong ra, ref ulong rb, ref ulong rc, ref ulong rd, int words, ref ulong rw)
+        TBytes bytes, ref ulong ra, ref ulong rb, ref ulong rc, ref ulong rd, int rows, int rowWords, int stride, ref ulong rw)
         where TBytes : struct, IByteCounts<TBytes>
     {
         Vector512<ulong> totalA = Vector512<ulong>.Zero, totalB = Vector512<ulong>.Zero, totalC = Vector512<ulong>.Zero, totalD = Vector512<ulong>.Zero;
         Vector512<byte> accA = Vector512<byte>.Zero, accB = Vector512<byte>.Zero, accC = Vector512<byte>.Zero, accD = Vector512<byte>.Zero;
-        int units = 0, t = 0;
-        for (; t + 3 <= words; t += 3)
+        int units = 0;
+        for (int r = 0, row = 0; r < rows; r++, row += stride, rw = ref Unsafe.Add(ref rw, rowWords * Block))
         {
-            if (units > FlushUnits - 3)
+            int t = 0;
+            for (; t + 3 <= rowWords; t += 3)
             {
-                totalA += Flush(ref accA);
-                totalB += Flush(ref accB);
-                totalC += Flush(ref accC);
-                totalD += Flush(ref accD);
-                units = 0;
+                if (units > FlushUnits - 3)
+                {
+                    totalA += Flush(ref accA);
+                    totalB += Flush(ref accB);
+                    totalC += Flush(ref accC);
+                    totalD += Flush(ref accD);
+                    units = 0;
+                }
+                var w0 = Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
+                var w1 = Vector512.LoadUnsafe(ref rw, (nuint)((t + 1) * Block));
+                var w2 = Vector512.LoadUnsafe(ref rw, (nuint)((t + 2) * Block));
+                accA += Triple(bytes, ref ra, row + t, w0, w1, w2);
+                accB += Triple(bytes, ref rb, row + t, w0, w1, w2);
+                accC += Triple(bytes, ref rc, row + t, w0, w1, w2);
+                accD += Triple(bytes, ref rd, row + t, w0, w1, w2);
+                units += 3;
             }
-            var w0 = Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
-            var w1 = Vector512.LoadUnsafe(ref rw, (nuint)((t + 1) * Block));
-            var w2 = Vector512.LoadUnsafe(ref rw, (nuint)((t + 2) * Block));
-            accA += Triple(bytes, ref ra, t, w0, w1, w2);
-            accB += Triple(bytes, ref rb, t, w0, w1, w2);
-            accC += Triple(bytes, ref rc, t, w0, w1, w2);
-            accD += Triple(bytes, ref rd, t, w0, w1, w2);
-            units += 3;
-        }
-        if (units > FlushUnits - (words - t))
-        {
-            totalA += Flush(ref accA);
-            totalB += Flush(ref accB);
-            totalC += Flush(ref accC);
-            totalD += Flush(ref accD);
-        }
-        for (; t < words; t++)
-        {
-            var wt = Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
-            accA += bytes.Count((Vector512.Create(Unsafe.Add(ref ra, t)) ^ wt).AsByte());
-            accB += bytes.Count((Vector512.Create(Unsafe.Add(ref rb, t)) ^ wt).AsByte());
-            accC += bytes.Count((Vector512.Create(Unsafe.Add(ref rc, t)) ^ wt).AsByte());
-            accD += bytes.Count((Vector512.Create(Unsafe.Add(ref rd, t)) ^ wt).AsByte());
+            for (; t < rowWords; t++)
+            {
+                if (units > FlushUnits - 1)
+                {
+                    totalA += Flush(ref accA);
+                    totalB += Flush(ref accB);
+                    totalC += Flush(ref accC);
+                    totalD += Flush(ref accD);
+                    units = 0;
+                }
+                var wt = Vector512.LoadUnsafe(ref rw, (nuint)(t * Block));
+                accA += bytes.Count((Vector512.Create(Unsafe.Add(ref ra, row + t)) ^ wt).AsByte());
+                accB += bytes.Count((Vector512.Create(Unsafe.Add(ref rb, row + t)) ^ wt).AsByte());
+                accC += bytes.Count((Vector512.Create(Unsafe.Add(ref rc, row + t)) ^ wt).AsByte());
+                accD += bytes.Count((Vector512.Create(Unsafe.Add(ref rd, row + t)) ^ wt).AsByte());
+                units++;
+            }
         }
         return (totalA + Flush(ref accA), totalB + Flush(ref accB), totalC + Flush(ref accC), totalD + Flush(ref accD));
     }
