@@ -264,23 +264,29 @@ internal static class BenchCommand
         }
         w.WriteEndArray();
         w.WriteStartObject("machine");
-        w.WriteString("cpu", CpuName());
+        w.WriteString("cpu", CpuInfo("model name"));
+        // "AMD EPYC" alone does not say which core: family 25 is Zen 3/4, 26 is Zen 5.
+        w.WriteString("cpu_family", CpuInfo("cpu family"));
+        w.WriteString("cpu_model", CpuInfo("model"));
         w.WriteNumber("logical_cores", Environment.ProcessorCount);
         w.WriteString("os", RuntimeInformation.OSDescription);
         w.WriteString("runtime", RuntimeInformation.FrameworkDescription);
         w.WriteBoolean("avx2", Avx2.IsSupported);
         w.WriteBoolean("avx512bw", Avx512BW.IsSupported);
+        w.WriteBoolean("avx512vbmi", Avx512Vbmi.IsSupported);
+        w.WriteBoolean("avx_vnni", AvxVnni.IsSupported);
         w.WriteString("onnxruntime", Onnx.OnnxRuntimeEngine.RuntimeVersion);
         w.WriteString("date", DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture));
         w.WriteEndObject();
         w.WriteEndObject();
     }
 
-    private static string CpuName()
+    /// <summary>The first value of a /proc/cpuinfo field ("model name", "cpu family", "model"), or "unknown".</summary>
+    private static string CpuInfo(string field)
     {
         try
         {
-            return File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "unknown";
+            return File.ReadLines("/proc/cpuinfo").Select(l => l.Split(':', 2)).FirstOrDefault(p => p.Length == 2 && p[0].Trim() == field)?[1].Trim() ?? "unknown";
         }
         catch (IOException)
         {

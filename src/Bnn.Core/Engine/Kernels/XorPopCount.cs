@@ -21,9 +21,9 @@ public enum PopCountKernel
     Avx2Lookup,
 
     /// <summary>
-    /// Binary convs vectorized across filters rather than along the patch: 8 filters' words sit in one 512-bit
-    /// register, the patch word is broadcast, and the nibble lookup counts all 8 at once (<see cref="FilterBlockedPopCount"/>).
-    /// Spans (dense layers) use <see cref="Avx512Lookup"/>.
+    /// Binary convs and dense layers vectorized across filters rather than along the patch: 8 filters' words sit in
+    /// one 512-bit register, the patch word is broadcast, and a byte counter counts all 8 at once
+    /// (<see cref="FilterBlockedPopCount"/>). Plain spans use <see cref="Avx512Lookup"/>.
     /// </summary>
     Avx512FilterBlocked,
 
@@ -39,10 +39,9 @@ public static class XorPopCount
 {
     /// <summary>
     /// The kernel <see cref="PopCountKernel.Auto"/> resolves to. Measured with BenchmarkDotNet (bench/RESULTS.md,
-    /// one CNV image, 1 thread, this 2-core EPYC, idle): Avx512FilterBlocked 251 µs, Scalar 872 µs. Along a single
-    /// filter CNV's rows are 1-12 words, too
-    /// short for a lookup kernel to pay for its setup (Scalar 399 vs Avx512Lookup 252 images/s on an idle machine);
-    /// across 8 filters the vector is always full. Without AVX-512BW, Scalar.
+    /// one CNV image, 1 thread, this 2-core EPYC): Avx512FilterBlocked 67 µs, Scalar 801 µs. Along a single filter
+    /// CNV's rows are 1-12 words, too short for a lookup kernel to pay for its setup (Scalar 399 vs Avx512Lookup 252
+    /// images/s, session 1); across 8 filters the vector is always full. Without AVX-512BW, Scalar.
     /// </summary>
     public static PopCountKernel Best { get; } = Avx512BW.IsSupported ? PopCountKernel.Avx512FilterBlocked : PopCountKernel.Scalar;
 
