@@ -515,10 +515,10 @@ internal sealed class BinaryConvStep : PackedStep
     }
 
     /// <summary>
-    /// Gathers each position's patch once and counts positions four at a time against 8 filters per step (the last
-    /// one to three in a pair). With an <paramref name="output"/>, the four are thresholded in registers, straight into
-    /// packed bits, and the last ones from the first 2K accumulators; nothing goes out to the whole layer's
-    /// accumulators and back (conv1's are 200 KB).
+    /// Counts positions four at a time against 8 filters per step (the last one to three in pairs). With an
+    /// <paramref name="output"/>, the four are read in place and thresholded in registers, straight into packed bits,
+    /// and the last ones from the first 2K accumulators: nothing goes out to the whole layer's accumulators and back
+    /// (conv1's would be 200 KB). Without one, patches are gathered and the dot products kept, position-major.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc, Span<ulong> output)
@@ -613,8 +613,9 @@ internal sealed class BinaryConvStep : PackedStep
 
     public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc)
     {
-        // Fused thresholding needs four positions' 4K accumulators: layers with fewer positions keep the plain path.
-        if (blocked is not null && zeroPadCorrection is null && outShape.Height * outShape.Width >= 4)
+        // The fused path's last pair borrows 2K accumulators, more than a one-position layer has: that keeps the plain
+        // path, as do zero-padded layers, whose correction must reach the sums before the threshold.
+        if (blocked is not null && zeroPadCorrection is null && outShape.Height * outShape.Width >= 2)
         {
             var src = Source(input, padded, out int rowWidth);
             int rowWords = layer.KernelW * inWords;

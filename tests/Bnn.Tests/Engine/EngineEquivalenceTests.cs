@@ -80,6 +80,30 @@ public sealed class EngineEquivalenceTests
         AssertMatches(Create(engineName, model), images);
     }
 
+    public static TheoryData<string, int, int> EnginesBySmallOutputs()
+    {
+        var data = new TheoryData<string, int, int>();
+        foreach (var engine in Names())
+        {
+            // The last conv's output: 1, 2, 3, 4, 5, 6 and 7 positions, so that the conv kernel's groups of four end
+            // in every remainder, and a lone position.
+            foreach (var (h, w) in new[] { (3, 3), (3, 4), (3, 5), (4, 4), (3, 7), (4, 5), (3, 9) })
+            {
+                data.Add(engine, h, w);
+            }
+        }
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(EnginesBySmallOutputs))]
+    public void Engine_FewOutputPositions_MatchReferenceAndFloat(string engineName, int height, int width)
+    {
+        var model = RandomModels.Create([new ConvSpec(16, 1, 1, 0), new ConvSpec(72, 3, 1, 0), new OutputSpec(6)], new Shape(3, height, width), seed: (height * 10) + width);
+        var images = TestData.RandomImages(3, seed: width, height: height, width: width, classes: 6);
+        AssertMatches(Create(engineName, model), images);
+    }
+
     [Theory]
     [MemberData(nameof(EngineNames))]
     public void Engine_CnvShapedModel_MatchesReferenceWithThreads(string engineName)
