@@ -15,8 +15,9 @@ namespace Bnn.Engine;
 /// holds one filter: 8 filters per 256-bit register, all K of them kept in registers over the taps.</para>
 /// <para>Zero padding (a level of 0, which no pixel value encodes) is stored as pixel 0, whose level is −255: each
 /// padded tap then adds −255·w instead of 0, so border positions get 255·Σ_{padded taps} w added back, exactly.</para>
-/// <para>Each block of 8 sums is thresholded as soon as it leaves the instruction: the layer never stores its
-/// accumulators (CNV's would be 230 KB, and reading them back cost a quarter of the step).</para>
+/// <para>Each block of 8 sums is thresholded as soon as it leaves the instruction, against bounds that already hold
+/// the constant and the border correction (<see cref="DotBounds"/>): the layer never stores its accumulators (CNV's
+/// would be 230 KB, and reading them back cost a quarter of the step).</para>
 /// </summary>
 internal sealed class VnniInputConvStep : PackedStep
 {
@@ -27,11 +28,10 @@ internal sealed class VnniInputConvStep : PackedStep
     private readonly Shape outShape;
     private readonly int groups;        // dwords per kernel row
     private readonly sbyte[] weights;   // (ky, group, filter block, 8 filters x 4 bytes)
-    private readonly int[] offsets;     // per filter: 255·Σ w
     private readonly int rowBytes;      // Wp·C, one padded image row in (H, W, C)
     private readonly int paddedWidth;
-    private readonly int[] correctionRow;      // per output position, its row in corrections
-    private readonly int[] corrections;        // rows of K values of 255·Σ_{padded taps} w: one per border position, then zeros
+    private readonly int[] boundRow;           // per output position, its row in dotBounds
+    private readonly int[] dotBounds;          // rows of K bounds on Σ w·p: one row per border position, then the interior's
 
     /// <summary>
     /// Whether this step runs <paramref name="layer"/>: AVX-VNNI present, the standard pixel code (raw pixels are what the
@@ -54,7 +54,7 @@ internal sealed class VnniInputConvStep : PackedStep
         paddedWidth = inShape.Width + (2 * layer.Padding);
         rowBytes = paddedWidth * c;
         weights = new sbyte[layer.KernelH * groups * k * 4];
-        offsets = new int[k];
+        var offsets = new int[k];
         for (int o = 0; o < k; o++)
         {
             for (int ky = 0; ky < layer.KernelH; ky++)
@@ -80,13 +80,29 @@ internal sealed class VnniInputConvStep : PackedStep
         var excess = BinaryConvStep.ZeroPadCorrection(layer, inShape, outShape);
         var border = Enumerable.Range(0, outShape.Height * outShape.Width)
             .Where(p => excess.AsSpan(p * k, k).ContainsAnyExcept(0)).ToArray();
-        corrections = [.. border.SelectMany(p => excess.Skip(p * k).Take(k).Select(e => PixelCode.MaxAbs * e)), .. new int[k]];
-        correctionRow = Enumerable.Repeat(border.Length, outShape.Height * outShape.Width).ToArray();
+        var corrections = border.Select(p => excess.AsSpan(p * k, k).ToArray()).Append(new int[k]);
+        dotBounds = [.. corrections.SelectMany(row => DotBounds(layer.Threshold.Bound, offsets, row))];
+        boundRow = Enumerable.Repeat(border.Length, outShape.Height * outShape.Width).ToArray();
         for (int i = 0; i < border.Length; i++)
         {
-            correctionRow[border[i]] = i;
+            boundRow[border[i]] = i;
         }
     }
+
+    /// <summary>
+    /// The threshold moved onto the raw dot product d = Σ w·p. The level sum is 2d − 255·Σ w + 255·(padded excess), and
+    /// sum ≥ bound ⇔ 2d ≥ bound + 255·Σ w − 255·excess =: x ⇔ d ≥ ⌈x / 2⌉, d being an integer. So each block needs one
+    /// compare, not a shift, a subtract and an add before it. A constant channel's bound (int.MinValue) stays one.
+    /// </summary>
+    private static IEnumerable<int> DotBounds(int[] bounds, int[] offsets, int[] excess) => bounds.Select((bound, k) =>
+    {
+        if (bound == int.MinValue)
+        {
+            return int.MinValue;
+        }
+        long x = (long)bound + offsets[k] - ((long)PixelCode.MaxAbs * excess[k]);
+        return (int)Math.Clamp((x + 1) >> 1, int.MinValue, int.MaxValue);
+    });
 
     public override bool TakesPixels => true;
 
@@ -150,8 +166,7 @@ internal sealed class VnniInputConvStep : PackedStep
         int k = layer.OutChannels, blocks = k / FiltersPerVector, s = layer.Stride, c = inShape.Channels, words = BitConvention.Words(k);
         ref byte image = ref MemoryMarshal.GetReference(hwc);
         ref sbyte w0 = ref MemoryMarshal.GetArrayDataReference(weights);
-        var sums = new Sums(ref MemoryMarshal.GetArrayDataReference(offsets), ref MemoryMarshal.GetArrayDataReference(layer.Threshold.Bound));
-        ref int correction0 = ref MemoryMarshal.GetArrayDataReference(corrections);
+        ref int bounds0 = ref MemoryMarshal.GetArrayDataReference(dotBounds);
         int perTap = blocks * FiltersPerVector * 4, wo = outShape.Width, step = s * c;
         for (int oy = 0; oy < outShape.Height; oy++)
         {
@@ -163,8 +178,8 @@ internal sealed class VnniInputConvStep : PackedStep
                 int p = (oy * wo) + ox, q = (oy * wo) + second;
                 ref byte patch0 = ref Unsafe.Add(ref image, (oy * s * rowBytes) + (ox * step));
                 ref byte patch1 = ref Unsafe.Add(ref image, (oy * s * rowBytes) + (second * step));
-                ref int correctionA = ref Unsafe.Add(ref correction0, correctionRow[p] * k);
-                ref int correctionB = ref Unsafe.Add(ref correction0, correctionRow[q] * k);
+                ref int boundsA = ref Unsafe.Add(ref bounds0, boundRow[p] * k);
+                ref int boundsB = ref Unsafe.Add(ref bounds0, boundRow[q] * k);
                 ulong geA = 0, geB = 0;
                 for (int b = 0, count; b < blocks; b += count)
                 {
@@ -201,14 +216,12 @@ internal sealed class VnniInputConvStep : PackedStep
                     }
                     // The blocks' compare masks are gathered in registers and written once per 64 filters.
                     int shift = (b & 7) * FiltersPerVector;
-                    geA |= sums.Compare(a0, b, ref correctionA) << shift;
-                    geB |= sums.Compare(b0, b, ref correctionB) << shift;
+                    geA |= Compare(a0, b, ref boundsA) << shift;
+                    geB |= Compare(b0, b, ref boundsB) << shift;
                     if (count == 4)
                     {
-                        geA |= ((sums.Compare(a1, b + 1, ref correctionA) << 8) | (sums.Compare(a2, b + 2, ref correctionA) << 16)
-                            | (sums.Compare(a3, b + 3, ref correctionA) << 24)) << shift;
-                        geB |= ((sums.Compare(b1, b + 1, ref correctionB) << 8) | (sums.Compare(b2, b + 2, ref correctionB) << 16)
-                            | (sums.Compare(b3, b + 3, ref correctionB) << 24)) << shift;
+                        geA |= ((Compare(a1, b + 1, ref boundsA) << 8) | (Compare(a2, b + 2, ref boundsA) << 16) | (Compare(a3, b + 3, ref boundsA) << 24)) << shift;
+                        geB |= ((Compare(b1, b + 1, ref boundsB) << 8) | (Compare(b2, b + 2, ref boundsB) << 16) | (Compare(b3, b + 3, ref boundsB) << 24)) << shift;
                     }
                     if (((b + count) & 7) == 0 || b + count == blocks)
                     {
@@ -229,19 +242,8 @@ internal sealed class VnniInputConvStep : PackedStep
         return ~(ge ^ layer.Threshold.FlipWords[word]) & (valid == 64 ? ulong.MaxValue : (1UL << valid) - 1);
     }
 
-    /// <summary>The per-filter constants a block of 8 sums is finished and compared with.</summary>
-    private readonly ref struct Sums(ref int offsets, ref int bounds)
-    {
-        private readonly ref int offsets = ref offsets;
-        private readonly ref int bounds = ref bounds;
-
-        /// <summary>sum = 2·Σ w·p − 255·Σ w + the border correction, compared with the block's 8 bounds: 8 bits.</summary>
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public ulong Compare(Vector256<int> dot, int block, ref int correction)
-        {
-            var at = (nuint)(block * FiltersPerVector);
-            var sum = (dot << 1) - Vector256.LoadUnsafe(ref offsets, at) + Vector256.LoadUnsafe(ref correction, at);
-            return Vector256.GreaterThanOrEqual(sum, Vector256.LoadUnsafe(ref bounds, at)).ExtractMostSignificantBits();
-        }
-    }
+    /// <summary>A block's 8 dot products against their bounds (<see cref="DotBounds"/>): 8 bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong Compare(Vector256<int> dot, int block, ref int bounds) =>
+        Vector256.GreaterThanOrEqual(dot, Vector256.LoadUnsafe(ref bounds, (nuint)(block * FiltersPerVector))).ExtractMostSignificantBits();
 }

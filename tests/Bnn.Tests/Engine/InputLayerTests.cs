@@ -41,6 +41,34 @@ public sealed class InputLayerTests
     }
 
     [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    public void VnniInputStep_ConstantAndOutOfRangeChannels_MatchReference(int padding)
+    {
+        // The VNNI step folds the pixel-code constant and the border correction into its bounds: constant channels
+        // (γ = 0, bound int.MinValue, either sign) and bounds beyond any reachable sum must survive that.
+        var model = RandomModels.Create([new ConvSpec(16, 3, 1, padding), new OutputSpec(5)], new Shape(3, 10, 10), seed: 11 + padding);
+        var layer = (ConvLayer)model.Layers[0];
+        var norm = layer.Norm;
+        var gamma = (float[])norm.Gamma.Clone();
+        var beta = (float[])norm.Beta.Clone();
+        var mean = (float[])norm.Mean.Clone();
+        (gamma[0], beta[0]) = (0, 0.5f);
+        (gamma[1], beta[1]) = (0, -0.5f);
+        (gamma[2], mean[2]) = (1, 1e9f);
+        (gamma[3], mean[3]) = (-1, 1e9f);
+        (gamma[4], mean[4]) = (1, -1e9f);
+        (gamma[5], mean[5]) = (-1, -1e9f);
+        var changed = layer.With(layer.Weights, norm with { Gamma = gamma, Beta = beta, Mean = mean });
+        var edited = model.WithLayers([changed, .. model.Layers.Skip(1)]);
+        if (VnniInputConvStep.Supports(changed))
+        {
+            AssertStepMatchesReference(edited, new VnniInputConvStep(changed, edited.InputShapes[0], edited.OutputShapes[0]));
+        }
+        AssertStepMatchesReference(edited, new InputConvStep(changed, edited.InputShapes[0], edited.OutputShapes[0]));
+    }
+
+    [Theory]
     [MemberData(nameof(StrideOneShapes))]
     public void DensePlaneInputStep_MatchesReference(int filters, int kernel, int stride, int size)
     {
