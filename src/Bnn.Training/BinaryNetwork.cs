@@ -15,10 +15,11 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
 {
     private readonly ModuleList<nn.Module<Tensor, Tensor>> stages;
 
-    public BinaryNetwork(IReadOnlyList<LayerSpec> specs, int inChannels = 3, int binaryPadValue = 1, int inputSize = 32)
+    public BinaryNetwork(IReadOnlyList<LayerSpec> specs, int inChannels = 3, int binaryPadValue = 1, int inputSize = 32, bool channelsLast = false)
         : base(nameof(BinaryNetwork))
     {
         Specs = specs;
+        ChannelsLast = channelsLast;
         stages = new ModuleList<nn.Module<Tensor, Tensor>>();
         int channels = inChannels;
         int features = -1;
@@ -29,7 +30,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
             switch (spec)
             {
                 case ConvSpec c:
-                    stages.Add(new ConvStage(channels, c, first, binaryPadValue));
+                    stages.Add(new ConvStage(channels, c, first, binaryPadValue, channelsLast));
                     channels = c.OutChannels;
                     side = ((side + (2 * c.Padding) - c.Kernel) / c.Stride) + 1;
                     first = false;
@@ -54,17 +55,29 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
 
     public IReadOnlyList<LayerSpec> Specs { get; }
 
+    /// <summary>
+    /// Whether convs run on channels-last (NHWC-strided) tensors. Results are the same: every sum is of integers
+    /// small enough for float32 to hold exactly, in any order.
+    /// </summary>
+    public bool ChannelsLast { get; }
+
     public IReadOnlyList<nn.Module<Tensor, Tensor>> Stages => [.. stages];
 
     public override Tensor forward(Tensor input)
     {
-        var x = input;
+        var x = ChannelsLast ? ToChannelsLast(input) : input;
         foreach (var stage in stages)
         {
             x = stage.forward(x);
         }
         return x;
     }
+
+    /// <summary>
+    /// The same NCHW tensor with NHWC strides, the layout libtorch calls channels-last. TorchSharp 0.107 has no
+    /// memory-format argument, so it is spelled as a permute, a copy and the inverse permute.
+    /// </summary>
+    internal static Tensor ToChannelsLast(Tensor x) => x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
 
     /// <summary>Keeps latent binary weights in [−1, 1], as BinaryNet does after each update.</summary>
     public void ClipLatentWeights()
@@ -100,9 +113,12 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         private readonly Parameter weight;
         private readonly BatchNorm2d bn;
 
-        public ConvStage(int inChannels, ConvSpec spec, bool first, int padValue)
+        private readonly bool channelsLast;
+
+        public ConvStage(int inChannels, ConvSpec spec, bool first, int padValue, bool channelsLast = false)
             : base(nameof(ConvStage))
         {
+            this.channelsLast = channelsLast;
             Spec = spec;
             IsFirst = first;
             PadValue = first ? 0 : padValue;
@@ -125,6 +141,11 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         public override Tensor forward(Tensor x)
         {
             var w = SteSign.apply(weight);
+            if (channelsLast)
+            {
+                // With input and weights channels-last, libtorch's CPU conv picks its NHWC kernels.
+                w = ToChannelsLast(w);
+            }
             int p = Spec.Padding;
             if (p > 0 && PadValue != 0)
             {

@@ -24,9 +24,10 @@ internal static class TrainCommand
         var lr = new Option<double>("--lr") { Description = "initial Adam learning rate (cosine-annealed)", DefaultValueFactory = _ => 2e-3 };
         var limit = new Option<int?>("--limit") { Description = "use only the first N training records (smoke runs)" };
         var maxBatches = new Option<int?>("--max-batches") { Description = "stop each epoch after N batches (smoke runs)" };
+        var channelsLast = new Option<bool?>("--channels-last") { Description = "run convs channels-last (default: on for binarynet-vgg, where it measured 1.26× faster; off for cnv)" };
         var command = new Command("train", "Train a BNN with TorchSharp and write a bit-packed model file")
         {
-            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches,
+            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast,
         };
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
@@ -45,6 +46,7 @@ internal static class TrainCommand
                 LearningRate = parse.GetValue(lr),
                 TrainLimit = parse.GetValue(limit),
                 MaxBatchesPerEpoch = parse.GetValue(maxBatches),
+                ChannelsLast = parse.GetValue(channelsLast),
             };
             if (options.Epochs < 0 || options.BatchSize <= 0 || !(options.Width > 0))
             {

@@ -69,6 +69,37 @@ public sealed class TrainingTests
         };
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    public void ChannelsLastNetwork_GivesTheSameScoresAndGradients(int padding)
+    {
+        // Given two networks with the same initial weights, one running its convs channels-last
+        using var scope = NewDisposeScope();
+        var specs = new LayerSpec[] { new ConvSpec(8, 3, 1, padding), new ConvSpec(12, 3, 1, padding), new PoolSpec(2), new DenseSpec(10), new OutputSpec(4) };
+        manual_seed(5);
+        using var plain = new BinaryNetwork(specs, inChannels: 3, inputSize: 8);
+        manual_seed(5);
+        using var channelsLast = new BinaryNetwork(specs, inChannels: 3, inputSize: 8, channelsLast: true);
+        var x = randint(-255, 256, [4, 3, 8, 8]).to_type(float32);
+
+        // When both run forward and backward on the same batch
+        var a = plain.forward(x);
+        var b = channelsLast.forward(x);
+        a.sum().backward();
+        b.sum().backward();
+
+        // Then scores (integer sums, exact in float32 in any order) and every weight gradient are equal
+        Assert.True(a.eq(b).all().item<bool>());
+        var gradsA = plain.parameters().Select(p => p.grad).ToList();
+        var gradsB = channelsLast.parameters().Select(p => p.grad).ToList();
+        Assert.Equal(gradsA.Count, gradsB.Count);
+        for (int i = 0; i < gradsA.Count; i++)
+        {
+            Assert.True(gradsA[i]!.allclose(gradsB[i]!, rtol: 1e-4, atol: 1e-5), $"gradient {i} differs");
+        }
+    }
+
     [Fact]
     public void TrainSmoke_CnvAndResume_ExportsAModelTheEngineReproducesExactly()
     {
