@@ -9,10 +9,11 @@ namespace Bnn.Engine;
 /// <summary>
 /// The first layer on 8-bit pixels with VNNI (<c>vpdpbusd</c>: four u8 x s8 products summed into each int32 lane). Under
 /// the standard pixel code the level is 2p − 255, so Σ w·(2p − 255) = 2·Σ w·p − 255·Σ w: the raw pixels p go straight
-/// into the instruction, the weights ±1 are s8, and the constant 255·Σ w per filter is subtracted afterwards, exactly.
+/// into the instruction, the weights ±1 are s8, and the constant 255·Σ w per filter is folded into the bounds, exactly.
 /// <para>Pixels are laid out (H, W, C) so that one kernel row's kw·C bytes are contiguous; they are read as dwords
 /// (groups of 4 bytes, broadcast to every lane) and the bytes of a group past the row's taps get weight 0. Each lane
-/// holds one filter: 8 filters per 256-bit register, all K of them kept in registers over the taps.</para>
+/// holds one filter: 8 filters per 256-bit register, four such blocks for each of two positions in registers over
+/// the taps.</para>
 /// <para>Zero padding (a level of 0, which no pixel value encodes) is stored as pixel 0, whose level is −255: each
 /// padded tap then adds −255·w instead of 0, so border positions get 255·Σ_{padded taps} w added back, exactly.</para>
 /// <para>Each block of 8 sums is thresholded as soon as it leaves the instruction, against bounds that already hold
