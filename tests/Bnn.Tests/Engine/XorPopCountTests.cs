@@ -158,6 +158,19 @@ public sealed class FilterBlockedPopCountTests
             Assert.Equal(expectedA.Take(length).Select(c => n - (2 * c)), dotA.Take(length));
             Assert.Equal(expectedB.Take(length).Select(c => n - (2 * c)), dotB.Take(length));
             Assert.All(dotA.Skip(length).Concat(dotB.Skip(length)), v => Assert.Equal(int.MinValue, v));
+
+            // The four-patch kernel on the same rows (A, B, B, A), every length too.
+            var quad = Enumerable.Repeat(int.MinValue, (4 * length) + 1).ToArray();
+            ulong[] four = [.. patchA, .. patchB, .. patchB, .. patchA];
+            if (counter is { } c4)
+            {
+                FilterBlockedPopCount.DotProducts4(four, filters, length, n, quad, c4);
+            }
+            else
+            {
+                FilterBlockedPopCount.DotProducts4(four, filters, length, n, quad);
+            }
+            Assert.Equal(dotA.Take(length).Concat(dotB.Take(length)).Concat(dotB.Take(length)).Concat(dotA.Take(length)).Append(int.MinValue), quad);
         }
     }
 
