@@ -25,7 +25,7 @@ namespace Bnn.Engine;
 /// <para><b>Packing.</b> Input bits are unpacked, and thresholded outputs packed, 64 pixels x 64 channels at a time
 /// through a bit-matrix transpose (<see cref="PlaneBits"/>). Bit-identical to the dense engines.</para>
 /// <para><b>Speed.</b> Every (output, input) pair still costs one row addition per tile, whatever the plan; on the
-/// Zen 4 machine measured that keeps this kernel slower than the packed XNOR-popcount on every binary CNV layer, so
+/// Zen 5 machine measured that keeps this kernel slower than the packed XNOR-popcount on every binary CNV layer, so
 /// <see cref="SharedEngine"/> times both per layer and keeps the faster (bench/RESULTS.md).</para>
 /// </summary>
 internal static class PlaneConvStep

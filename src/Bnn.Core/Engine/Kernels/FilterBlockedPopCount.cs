@@ -208,47 +208,9 @@ internal static class FilterBlockedPopCount
         {
             throw new ArgumentException("four patches of equal length expected", nameof(patches));
         }
-        int words = patches.Length / 4, blocks = (filters + Block - 1) / Block, outWords = BitConvention.Words(filters);
-        CheckBank(bank, filters, words);
-        ArgumentOutOfRangeException.ThrowIfLessThan(pairedBounds.Length, blocks * 2 * Block);
-        ArgumentOutOfRangeException.ThrowIfLessThan(flips.Length, outWords);
-        ArgumentOutOfRangeException.ThrowIfLessThan(output.Length, 4 * outWords);
-        switch (counter)
-        {
-            case ByteCounter.Vbmi:
-                ThresholdQuad(VbmiBytes.Create(), ref Word(patches, 0), ref Word(patches, words), ref Word(patches, 2 * words), ref Word(patches, 3 * words),
-                    1, words, words, bank, filters, n, pairedBounds, flips, output);
-                break;
-            case ByteCounter.Nibble:
-                ThresholdQuad(NibbleBytes.Create(), ref Word(patches, 0), ref Word(patches, words), ref Word(patches, 2 * words), ref Word(patches, 3 * words),
-                    1, words, words, bank, filters, n, pairedBounds, flips, output);
-                break;
-            default:
-                for (int i = 0; i < 4; i++)
-                {
-                    var patch = patches.Slice(i * words, words);
-                    var bits = output.Slice(i * outWords, outWords);
-                    bits.Clear();
-                    for (int k = 0; k < filters; k++)
-                    {
-                        int dot = n - (2 * ScalarCount(patch, bank, k));
-                        bool positive = (dot >= pairedBounds[((k / Block) * 2 * Block) + (k % Block)]) != ((flips[k >> 6] >> (k & 63) & 1) != 0);
-                        bits[k >> 6] |= positive ? 0 : 1UL << (k & 63);
-                    }
-                }
-                break;
-        }
-    }
-
-    /// <summary>popcount(patch ⊕ filter k) of an interleaved bank, one word at a time: the reference.</summary>
-    private static int ScalarCount(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> bank, int k)
-    {
-        int pop = 0;
-        for (int t = 0; t < patch.Length; t++)
-        {
-            pop += BitOperations.PopCount(patch[t] ^ bank[(((k / Block * patch.Length) + t) * Block) + (k % Block)]);
-        }
-        return pop;
+        int words = patches.Length / 4;
+        // Back-to-back patches are the in-place case with one run per patch.
+        Threshold4(patches, [0, words, 2 * words, 3 * words], 1, words, words, bank, filters, n, pairedBounds, flips, output, counter);
     }
 
     /// <summary>
@@ -257,13 +219,19 @@ internal static class FilterBlockedPopCount
     /// <paramref name="rows"/> runs of <paramref name="rowWords"/> words, <paramref name="stride"/> words apart.
     /// </summary>
     public static void Threshold4(ReadOnlySpan<ulong> source, ReadOnlySpan<int> starts, int rows, int rowWords, int stride, ReadOnlySpan<ulong> bank, int filters, int n,
-        ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output)
+        ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output) =>
+        Threshold4(source, starts, rows, rowWords, stride, bank, filters, n, pairedBounds, flips, output, IsAccelerated ? Counter : null);
+
+    /// <summary>The in-place four-patch threshold with a chosen byte counter, or through the scalar reference for null.</summary>
+    public static void Threshold4(ReadOnlySpan<ulong> source, ReadOnlySpan<int> starts, int rows, int rowWords, int stride, ReadOnlySpan<ulong> bank, int filters, int n,
+        ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output, ByteCounter? counter)
     {
         int blocks = (filters + Block - 1) / Block, outWords = BitConvention.Words(filters);
         CheckBank(bank, filters, rows * rowWords);
         ArgumentOutOfRangeException.ThrowIfLessThan(pairedBounds.Length, blocks * 2 * Block);
         ArgumentOutOfRangeException.ThrowIfLessThan(flips.Length, outWords);
         ArgumentOutOfRangeException.ThrowIfLessThan(output.Length, 4 * outWords);
+        ArgumentOutOfRangeException.ThrowIfLessThan(starts.Length, 4);
         for (int i = 0; i < 4; i++)
         {
             if (starts[i] < 0 || (rows > 0 && (long)starts[i] + ((long)(rows - 1) * stride) + rowWords > source.Length))
@@ -271,29 +239,47 @@ internal static class FilterBlockedPopCount
                 throw new ArgumentOutOfRangeException(nameof(starts), "a patch runs past its source");
             }
         }
-        if (!IsAccelerated)
+        switch (counter)
         {
-            Span<ulong> patches = new ulong[4 * rows * rowWords];
-            for (int i = 0; i < 4; i++)
-            {
-                for (int r = 0; r < rows; r++)
+            case ByteCounter.Vbmi:
+                ThresholdQuad(VbmiBytes.Create(), ref Word(source, starts[0]), ref Word(source, starts[1]), ref Word(source, starts[2]), ref Word(source, starts[3]),
+                    rows, rowWords, stride, bank, filters, n, pairedBounds, flips, output);
+                break;
+            case ByteCounter.Nibble:
+                ThresholdQuad(NibbleBytes.Create(), ref Word(source, starts[0]), ref Word(source, starts[1]), ref Word(source, starts[2]), ref Word(source, starts[3]),
+                    rows, rowWords, stride, bank, filters, n, pairedBounds, flips, output);
+                break;
+            default:
+                for (int i = 0; i < 4; i++)
                 {
-                    source.Slice(starts[i] + (r * stride), rowWords).CopyTo(patches.Slice(((i * rows) + r) * rowWords, rowWords));
+                    var bits = output.Slice(i * outWords, outWords);
+                    bits.Clear();
+                    for (int k = 0; k < filters; k++)
+                    {
+                        int dot = n - (2 * ScalarCount(source[starts[i]..], rows, rowWords, stride, bank, k));
+                        bool positive = (dot >= pairedBounds[((k / Block) * 2 * Block) + (k % Block)]) != ((flips[k >> 6] >> (k & 63) & 1) != 0);
+                        bits[k >> 6] |= positive ? 0 : 1UL << (k & 63);
+                    }
                 }
+                break;
+        }
+    }
+
+    /// <summary>
+    /// popcount(patch ⊕ filter k) for a patch of <paramref name="rows"/> runs in <paramref name="patch"/> against an
+    /// interleaved bank, one word at a time: the reference.
+    /// </summary>
+    private static int ScalarCount(ReadOnlySpan<ulong> patch, int rows, int rowWords, int stride, ReadOnlySpan<ulong> bank, int k)
+    {
+        int pop = 0, words = rows * rowWords;
+        for (int r = 0; r < rows; r++)
+        {
+            for (int t = 0; t < rowWords; t++)
+            {
+                pop += BitOperations.PopCount(patch[(r * stride) + t] ^ bank[(((k / Block * words) + (r * rowWords) + t) * Block) + (k % Block)]);
             }
-            Threshold4(patches, bank, filters, n, pairedBounds, flips, output, null);
-            return;
         }
-        if (Counter == ByteCounter.Vbmi)
-        {
-            ThresholdQuad(VbmiBytes.Create(), ref Word(source, starts[0]), ref Word(source, starts[1]), ref Word(source, starts[2]), ref Word(source, starts[3]),
-                rows, rowWords, stride, bank, filters, n, pairedBounds, flips, output);
-        }
-        else
-        {
-            ThresholdQuad(NibbleBytes.Create(), ref Word(source, starts[0]), ref Word(source, starts[1]), ref Word(source, starts[2]), ref Word(source, starts[3]),
-                rows, rowWords, stride, bank, filters, n, pairedBounds, flips, output);
-        }
+        return pop;
     }
 
     private static ref ulong Word(ReadOnlySpan<ulong> span, int index) => ref Unsafe.Add(ref Unsafe.AsRef(in span.GetPinnableReference()), index);
