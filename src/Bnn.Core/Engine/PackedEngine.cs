@@ -627,6 +627,7 @@ internal sealed class BinaryConvStep : PackedStep
         return output;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void FillPadded(ReadOnlySpan<ulong> input, Span<ulong> padded)
     {
         int p = layer.Padding;

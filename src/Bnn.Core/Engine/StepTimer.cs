@@ -5,8 +5,11 @@ namespace Bnn.Engine;
 
 /// <summary>
 /// Times one packed step on synthetic input, for the shared engine's per-layer choice. The kernels have no
-/// data-dependent branches, so random bits time like real activations. The hot methods are compiled fully optimized
-/// from their first call (<c>AggressiveOptimization</c>), so a few runs suffice and no tier-0 code is timed.
+/// data-dependent branches, so random bits time like real activations. A few runs suffice only because every method a
+/// step calls per row or per position group is compiled fully optimized from its first call
+/// (<c>AggressiveOptimization</c>) or inlined into one that is: a plain helper runs as tier-0 code until tiered
+/// compilation replaces it, later than these runs. One such helper (the plane conv's widening add) once made the
+/// shared steps time 3-4x slower than they run.
 /// </summary>
 internal static class StepTimer
 {

@@ -78,6 +78,7 @@ internal static class FilterBlockedPopCount
         Compute(patch, block, counts, Counter);
 
     /// <summary><see cref="Compute(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, Span{int})"/> with a chosen byte counter (tests, benchmarks).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Compute(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, Span<int> counts, ByteCounter counter)
     {
         if (IsAccelerated)
@@ -98,6 +99,7 @@ internal static class FilterBlockedPopCount
         DotProducts(patch, block, n, dot, Counter);
 
     /// <summary><see cref="DotProducts(ReadOnlySpan{ulong}, ReadOnlySpan{ulong}, int, Span{int})"/> with a chosen byte counter.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> block, int n, Span<int> dot, ByteCounter counter)
     {
         if (IsAccelerated)
@@ -130,6 +132,7 @@ internal static class FilterBlockedPopCount
         DotProducts(patchA, patchB, bank, filters, n, dotA, dotB, Counter);
 
     /// <summary>The two-patch bank dot products with a chosen byte counter (tests, benchmarks).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DotProducts(ReadOnlySpan<ulong> patchA, ReadOnlySpan<ulong> patchB, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dotA, Span<int> dotB, ByteCounter counter)
     {
         if (!IsAccelerated || patchA.Length != patchB.Length)
@@ -159,6 +162,7 @@ internal static class FilterBlockedPopCount
         DotProducts4(patches, bank, filters, n, dots, Counter);
 
     /// <summary>The four-patch bank dot products with a chosen byte counter (tests, benchmarks).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DotProducts4(ReadOnlySpan<ulong> patches, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dots, ByteCounter counter)
     {
         if (patches.Length % 4 != 0)
@@ -223,6 +227,7 @@ internal static class FilterBlockedPopCount
         Threshold4(source, starts, rows, rowWords, stride, bank, filters, n, pairedBounds, flips, output, IsAccelerated ? Counter : null);
 
     /// <summary>The in-place four-patch threshold with a chosen byte counter, or through the scalar reference for null.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Threshold4(ReadOnlySpan<ulong> source, ReadOnlySpan<int> starts, int rows, int rowWords, int stride, ReadOnlySpan<ulong> bank, int filters, int n,
         ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output, ByteCounter? counter)
     {
@@ -302,6 +307,7 @@ internal static class FilterBlockedPopCount
         DotProducts(patch, bank, filters, n, dot, Counter);
 
     /// <summary>The one-patch bank dot products with a chosen byte counter (tests, benchmarks).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void DotProducts(ReadOnlySpan<ulong> patch, ReadOnlySpan<ulong> bank, int filters, int n, Span<int> dot, ByteCounter counter)
     {
         int blockWords = patch.Length * Block;
@@ -338,6 +344,7 @@ internal static class FilterBlockedPopCount
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void CheckBank(ReadOnlySpan<ulong> bank, int filters, int words)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(filters);

@@ -49,6 +49,7 @@ internal static class PlaneBits
     /// <summary>
     /// The 64 values of a pixel mask (bit set = −1, clear = +1) as signed bytes, written to <paramref name="values"/>[0..64).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Expand(ulong mask, ref sbyte values)
     {
         if (Avx512BW.IsSupported)
