@@ -227,7 +227,7 @@ internal static class FilterBlockedPopCount
         Threshold4(source, starts, rows, rowWords, stride, bank, filters, n, pairedBounds, flips, output, IsAccelerated ? Counter : null);
 
     /// <summary>The in-place four-patch threshold with a chosen byte counter, or through the scalar reference for null.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Threshold4(ReadOnlySpan<ulong> source, ReadOnlySpan<int> starts, int rows, int rowWords, int stride, ReadOnlySpan<ulong> bank, int filters, int n,
         ReadOnlySpan<int> pairedBounds, ReadOnlySpan<ulong> flips, Span<ulong> output, ByteCounter? counter)
     {
