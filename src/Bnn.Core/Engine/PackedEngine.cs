@@ -17,6 +17,7 @@ public sealed class PackedEngine : IEngine
     private readonly PackedStep[] steps;
     private readonly Lock workspaceLock = new();
     private readonly List<Workspace> workspaces = [];
+    private ImageSplitter? splitter;
 
     /// <summary>Compiles <paramref name="model"/> for packed execution with the given popcount kernel.</summary>
     public PackedEngine(BnnModel model, PopCountKernel kernel = PopCountKernel.Auto)
@@ -75,11 +76,13 @@ public sealed class PackedEngine : IEngine
         int workers = Math.Max(1, Math.Min(threads, count));
         if (workers == 1)
         {
-            // The single-threaded path allocates nothing: the steady state is 0 bytes per image (see bench/).
+            // The single-threaded path allocates nothing: the steady state is 0 bytes per image (see bench/). One image
+            // with threads to spare is split across two (ImageSplitter), which allocates nothing either.
             var single = FirstWorkspace();
+            var split = threads >= 2 ? Splitter() : null;
             for (int i = 0; i < count; i++)
             {
-                ScoreImage(images.Image(start + i), single, scores.Slice(i * classes, classes));
+                ScoreImage(images.Image(start + i), single, scores.Slice(i * classes, classes), split: split);
             }
             return;
         }
@@ -117,23 +120,53 @@ public sealed class PackedEngine : IEngine
         return ticks.Select(t => (double)t / System.Diagnostics.Stopwatch.Frequency).ToArray();
     }
 
-    /// <summary>Scores one image with the given workspace; with <paramref name="ticks"/>, adds each step's time.</summary>
-    internal void ScoreImage(ReadOnlySpan<byte> pixels, Workspace ws, Span<int> scores, long[]? ticks = null)
+    /// <summary>
+    /// Scores one image with the given workspace; with <paramref name="ticks"/>, adds each step's time; with
+    /// <paramref name="split"/>, runs the steps that split on two threads.
+    /// </summary>
+    internal void ScoreImage(ReadOnlySpan<byte> pixels, Workspace ws, Span<int> scores, long[]? ticks = null, ImageSplitter? split = null)
     {
-        ReadOnlySpan<ulong> bits = default;
-        for (int i = 0; i < steps.Length; i++)
+        split?.Begin();
+        try
         {
-            long start = ticks is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
-            bits = steps[i] switch
+            ReadOnlySpan<ulong> bits = default;
+            for (int i = 0; i < steps.Length; i++)
             {
-                { TakesPixels: true } s => s.RunPixels(pixels, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
-                DenseStep { IsOutput: true } s => s.RunScores(bits, scores),
-                var s => s.Run(bits, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
-            };
-            if (ticks is not null)
-            {
-                ticks[i] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
+                long start = ticks is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
+                var step = steps[i];
+                if (split is not null && step.Splits)
+                {
+                    // Every step returns its output buffer, so the previous step's output is its buffer.
+                    var source = step.PrepareParts(pixels, i == 0 ? [] : ws.Buffers[i - 1], ws.Padded[i]);
+                    split.Run(step, source, ws.Buffers[i], ws.Accumulators);
+                    bits = ws.Buffers[i];
+                }
+                else
+                {
+                    bits = step switch
+                    {
+                        { TakesPixels: true } s => s.RunPixels(pixels, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
+                        DenseStep { IsOutput: true } s => s.RunScores(bits, scores),
+                        var s => s.Run(bits, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
+                    };
+                }
+                if (ticks is not null)
+                {
+                    ticks[i] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
+                }
             }
+        }
+        finally
+        {
+            split?.End();
+        }
+    }
+
+    private ImageSplitter Splitter()
+    {
+        lock (workspaceLock)
+        {
+            return splitter ??= new ImageSplitter(steps.Max(s => s.AccumulatorCount));
         }
     }
 
@@ -202,6 +235,35 @@ internal abstract class PackedStep
     /// <summary>Raw accumulators, position-major (conv and dense steps only).</summary>
     public virtual void Accumulate(ReadOnlySpan<ulong> input, ulong[] padded, Span<int> acc) =>
         throw new InvalidOperationException();
+
+    /// <summary>Whether one image's output positions can be computed in parts on several threads (<see cref="ImageSplitter"/>).</summary>
+    public virtual bool Splits => false;
+
+    /// <summary>
+    /// The work every part shares, done once on the calling thread (a padded copy, an interleaved image); returns what
+    /// the parts read. <paramref name="input"/> is the previous step's output, or empty for a step that takes pixels.
+    /// </summary>
+    public virtual ulong[] PrepareParts(ReadOnlySpan<byte> pixels, ulong[] input, ulong[] padded) =>
+        throw new InvalidOperationException();
+
+    /// <summary>
+    /// Part <paramref name="part"/> of <paramref name="parts"/>: the output of a contiguous slice of positions, from
+    /// <see cref="PrepareParts"/>' result. Parts write disjoint words of <paramref name="output"/>, each with its own
+    /// <paramref name="acc"/>; together they equal <see cref="Run"/>.
+    /// </summary>
+    public virtual void RunPart(ulong[] source, ulong[] output, int[] acc, int part, int parts) =>
+        throw new InvalidOperationException();
+
+    /// <summary>
+    /// [From, To) of <paramref name="count"/> items for part <paramref name="part"/> of <paramref name="parts"/>: equal
+    /// slices, each starting at a multiple of <paramref name="align"/>, the last taking the remainder.
+    /// </summary>
+    internal static (int From, int To) PartRange(int count, int part, int parts, int align)
+    {
+        int per = ((count / parts) + align - 1) / align * align;
+        int from = Math.Min(count, part * per);
+        return (from, part == parts - 1 ? count : Math.Min(count, from + per));
+    }
 
     /// <summary>Thresholds position-major accumulators into packed bits, one pixel of ⌈K/64⌉ words per position.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -486,7 +548,7 @@ internal sealed class BinaryConvStep : PackedStep
         int n = layer.TapsPerOutput;
         if (blocked is not null)
         {
-            AccumulateBlocked(src, rowWidth, rowWords, perFilter, n, acc, []);
+            AccumulateBlocked(src, rowWidth, rowWords, perFilter, n, acc, [], 0, outShape.Height * outShape.Width);
         }
         else
         {
@@ -519,15 +581,17 @@ internal sealed class BinaryConvStep : PackedStep
     /// <paramref name="output"/>, the four are read in place and thresholded in registers, straight into packed bits,
     /// and the last ones from the first 2K accumulators: nothing goes out to the whole layer's accumulators and back
     /// (conv1's would be 200 KB). Without one, patches are gathered and the dot products kept, position-major.
+    /// Positions [<paramref name="from"/>, <paramref name="to"/>) only: a part of the image (<see cref="PackedStep.RunPart"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc, Span<ulong> output)
+    private void AccumulateBlocked(ReadOnlySpan<ulong> src, int rowWidth, int rowWords, int perFilter, int n, Span<int> acc, Span<ulong> output,
+        int from, int to)
     {
         Span<ulong> patches = 4 * perFilter <= 1024 ? stackalloc ulong[4 * perFilter] : new ulong[4 * perFilter];
-        int k = layer.OutChannels, wo = outShape.Width, positions = outShape.Height * wo;
+        int k = layer.OutChannels, wo = outShape.Width;
         bool fused = !output.IsEmpty;
-        int p = 0;
-        for (; p + 4 <= positions; p += 4)
+        int p = from;
+        for (; p + 4 <= to; p += 4)
         {
             if (fused)
             {
@@ -543,10 +607,10 @@ internal sealed class BinaryConvStep : PackedStep
             }
             FilterBlockedPopCount.DotProducts4(patches, blocked, k, n, acc.Slice(p * k, 4 * k));
         }
-        for (; p < positions; p += 2)
+        for (; p < to; p += 2)
         {
             // An odd last position is counted alone.
-            int q = Math.Min(p + 1, positions - 1);
+            int q = Math.Min(p + 1, to - 1);
             var patchA = patches[..perFilter];
             var patchB = patches.Slice(perFilter, perFilter);
             GatherPatch(src, p / wo, p % wo, rowWidth, rowWords, patchA);
@@ -611,20 +675,46 @@ internal sealed class BinaryConvStep : PackedStep
         }
     }
 
+    // The fused path's last pair borrows 2K accumulators, more than a one-position layer has: that keeps the plain
+    // path, as do zero-padded layers, whose correction must reach the sums before the threshold.
+    private bool Fused => blocked is not null && zeroPadCorrection is null && outShape.Height * outShape.Width >= 2;
+
     public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc)
     {
-        // The fused path's last pair borrows 2K accumulators, more than a one-position layer has: that keeps the plain
-        // path, as do zero-padded layers, whose correction must reach the sums before the threshold.
-        if (blocked is not null && zeroPadCorrection is null && outShape.Height * outShape.Width >= 2)
+        if (Fused)
         {
             var src = Source(input, padded, out int rowWidth);
-            int rowWords = layer.KernelW * inWords;
-            AccumulateBlocked(src, rowWidth, rowWords, layer.KernelH * rowWords, layer.TapsPerOutput, acc, output.AsSpan(0, OutputWords));
+            RunFused(src, rowWidth, output, acc, 0, outShape.Height * outShape.Width);
             return output;
         }
         Accumulate(input, padded, acc);
         BinarizePositions(acc, layer.Threshold, outShape.Height * outShape.Width, layer.OutChannels, output);
         return output;
+    }
+
+    /// <summary>Two groups of four positions per part at least: fewer do not pay for the hand-over.</summary>
+    public override bool Splits => Fused && outShape.Height * outShape.Width >= 16;
+
+    public override ulong[] PrepareParts(ReadOnlySpan<byte> pixels, ulong[] input, ulong[] padded)
+    {
+        if (layer.Padding == 0)
+        {
+            return input;
+        }
+        FillPadded(input, padded);
+        return padded;
+    }
+
+    public override void RunPart(ulong[] source, ulong[] output, int[] acc, int part, int parts)
+    {
+        var (from, to) = PartRange(outShape.Height * outShape.Width, part, parts, align: 4);
+        RunFused(source, layer.Padding == 0 ? inShape.Width : paddedWidth, output, acc, from, to);
+    }
+
+    private void RunFused(ReadOnlySpan<ulong> src, int rowWidth, ulong[] output, int[] acc, int from, int to)
+    {
+        int rowWords = layer.KernelW * inWords;
+        AccumulateBlocked(src, rowWidth, rowWords, layer.KernelH * rowWords, layer.TapsPerOutput, acc, output.AsSpan(0, OutputWords), from, to);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -112,8 +112,22 @@ internal sealed class VnniInputConvStep : PackedStep
     {
         var hwc = MemoryMarshal.AsBytes(padded.AsSpan());
         ToHwc(pixels, hwc);
-        ThresholdPositions(hwc, output);
+        ThresholdPositions(hwc, output, 0, outShape.Height);
         return output;
+    }
+
+    public override bool Splits => outShape.Height >= 2;
+
+    public override ulong[] PrepareParts(ReadOnlySpan<byte> pixels, ulong[] input, ulong[] padded)
+    {
+        ToHwc(pixels, MemoryMarshal.AsBytes(padded.AsSpan()));
+        return padded;
+    }
+
+    public override void RunPart(ulong[] source, ulong[] output, int[] acc, int part, int parts)
+    {
+        var (from, to) = PartRange(outShape.Height, part, parts, align: 1);
+        ThresholdPositions(MemoryMarshal.AsBytes(source.AsSpan()), output, from, to);
     }
 
     /// <summary>
@@ -160,16 +174,16 @@ internal sealed class VnniInputConvStep : PackedStep
         }
     }
 
-    /// <summary>The output bits of every position, two positions and four filter blocks at a time.</summary>
+    /// <summary>The output bits of output rows [<paramref name="fromRow"/>, <paramref name="toRow"/>), two positions and four filter blocks at a time.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private void ThresholdPositions(Span<byte> hwc, Span<ulong> output)
+    private void ThresholdPositions(Span<byte> hwc, Span<ulong> output, int fromRow, int toRow)
     {
         int k = layer.OutChannels, blocks = k / FiltersPerVector, s = layer.Stride, c = inShape.Channels, words = BitConvention.Words(k);
         ref byte image = ref MemoryMarshal.GetReference(hwc);
         ref sbyte w0 = ref MemoryMarshal.GetArrayDataReference(weights);
         ref int bounds0 = ref MemoryMarshal.GetArrayDataReference(dotBounds);
         int perTap = blocks * FiltersPerVector * 4, wo = outShape.Width, step = s * c;
-        for (int oy = 0; oy < outShape.Height; oy++)
+        for (int oy = fromRow; oy < toRow; oy++)
         {
             for (int ox = 0; ox < wo; ox += 2)
             {

@@ -153,6 +153,13 @@ public sealed class EngineEquivalenceTests
         var actual = engine.Run(images);
         Assert.Equal(reference.Scores, actual.Scores);
         Assert.Equal(reference.Predictions, actual.Predictions);
+        // One image per call with two threads: the packed engines split each image's layers across them.
+        var oneByOne = new int[actual.Scores.Length];
+        for (int i = 0; i < images.Count; i++)
+        {
+            engine.Score(images, i, 1, oneByOne.AsSpan(i * engine.Model.Classes, engine.Model.Classes), threads: 2);
+        }
+        Assert.Equal(reference.Scores, oneByOne);
         for (int i = 0; i < images.Count; i++)
         {
             var expected = FloatReference.Scores(engine.Model, images.Image(i)).Select(v => (int)v).ToArray();
