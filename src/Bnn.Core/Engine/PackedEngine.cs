@@ -17,6 +17,7 @@ public sealed class PackedEngine : IEngine
     private readonly PackedStep[] steps;
     private readonly Lock workspaceLock = new();
     private readonly List<Workspace> workspaces = [];
+    private readonly bool splits;
     private ImageSplitter? splitter;
 
     /// <summary>Compiles <paramref name="model"/> for packed execution with the given popcount kernel.</summary>
@@ -38,6 +39,7 @@ public sealed class PackedEngine : IEngine
                 ? step
                 : Compile(model.Layers[i], model.InputShapes[i], model.OutputShapes[i], Kernel, fastInput: true);
         }
+        splits = steps.Any(s => s.Splits);
     }
 
     /// <summary>
@@ -79,7 +81,7 @@ public sealed class PackedEngine : IEngine
             // The single-threaded path allocates nothing: the steady state is 0 bytes per image (see bench/). One image
             // with threads to spare is split across two (ImageSplitter), which allocates nothing either.
             var single = FirstWorkspace();
-            var split = threads >= 2 ? Splitter() : null;
+            var split = threads >= 2 && splits ? Splitter() : null;
             for (int i = 0; i < count; i++)
             {
                 ScoreImage(images.Image(start + i), single, scores.Slice(i * classes, classes), split: split);
