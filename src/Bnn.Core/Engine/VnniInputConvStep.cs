@@ -33,6 +33,7 @@ internal sealed class VnniInputConvStep : PackedStep
     private readonly int paddedWidth;
     private readonly int[] boundRow;           // per output position, its row in dotBounds
     private readonly int[] dotBounds;          // rows of K bounds on Σ w·p: one row per border position, then the interior's
+    private readonly bool sixteenBit;
 
     /// <summary>
     /// Whether this step runs <paramref name="layer"/>: AVX-VNNI present, the standard pixel code (raw pixels are what the
@@ -40,6 +41,14 @@ internal sealed class VnniInputConvStep : PackedStep
     /// </summary>
     public static bool Supports(ConvLayer layer) =>
         AvxVnni.IsSupported && layer.IsInputLayer && layer.PixelLevels is null && layer.OutChannels % FiltersPerVector == 0;
+
+    /// <summary>
+    /// Whether groups of 32 filters run on 512-bit 16-bit lanes (<see cref="Wide32"/>): AVX-512BW present and no sum of
+    /// a filter's products, each |w·p| ≤ 255, can leave a 16-bit lane.
+    /// </summary>
+    internal static bool Supports16(ConvLayer layer) =>
+        Avx512BW.IsSupported && Vector512.IsHardwareAccelerated
+        && (long)PixelCode.MaxAbs * layer.KernelH * layer.KernelW * layer.InChannels <= short.MaxValue;
 
     public VnniInputConvStep(ConvLayer layer, Shape inShape, Shape outShape)
     {
@@ -50,6 +59,7 @@ internal sealed class VnniInputConvStep : PackedStep
         this.layer = layer;
         this.inShape = inShape;
         this.outShape = outShape;
+        sixteenBit = Supports16(layer);
         int c = layer.InChannels, k = layer.OutChannels, blocks = k / FiltersPerVector;
         groups = ((layer.KernelW * c) + 3) / 4;
         paddedWidth = inShape.Width + (2 * layer.Padding);
@@ -201,42 +211,51 @@ internal sealed class VnniInputConvStep : PackedStep
                     // Four blocks at a time, then one: b is a multiple of 4 for every group of four, so a group never
                     // straddles a 64-filter word.
                     count = blocks - b >= 4 ? 4 : 1;
-                    Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
-                    Vector256<int> b0 = default, b1 = default, b2 = default, b3 = default;
-                    for (int ky = 0; ky < layer.KernelH; ky++)
+                    int shift = (b & 7) * FiltersPerVector;
+                    if (count == 4 && sixteenBit)
                     {
-                        ref byte row0 = ref Unsafe.Add(ref patch0, ky * rowBytes);
-                        ref byte row1 = ref Unsafe.Add(ref patch1, ky * rowBytes);
-                        for (int g = 0; g < groups; g++)
+                        var (ge32A, ge32B) = Wide32(ref patch0, ref patch1, ref Unsafe.Add(ref w0, b * FiltersPerVector * 4), perTap, b, ref boundsA, ref boundsB);
+                        geA |= ge32A << shift;
+                        geB |= ge32B << shift;
+                    }
+                    else
+                    {
+                        Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
+                        Vector256<int> b0 = default, b1 = default, b2 = default, b3 = default;
+                        for (int ky = 0; ky < layer.KernelH; ky++)
                         {
-                            var x0 = Vector256.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row0, g * 4))).AsByte();
-                            var x1 = Vector256.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row1, g * 4))).AsByte();
-                            ref sbyte w = ref Unsafe.Add(ref w0, (((ky * groups) + g) * perTap) + (b * FiltersPerVector * 4));
-                            var w0v = Vector256.LoadUnsafe(ref w);
-                            a0 = AvxVnni.MultiplyWideningAndAdd(a0, x0, w0v);
-                            b0 = AvxVnni.MultiplyWideningAndAdd(b0, x1, w0v);
-                            if (count == 4)
+                            ref byte row0 = ref Unsafe.Add(ref patch0, ky * rowBytes);
+                            ref byte row1 = ref Unsafe.Add(ref patch1, ky * rowBytes);
+                            for (int g = 0; g < groups; g++)
                             {
-                                var w1v = Vector256.LoadUnsafe(ref w, 32);
-                                var w2v = Vector256.LoadUnsafe(ref w, 64);
-                                var w3v = Vector256.LoadUnsafe(ref w, 96);
-                                a1 = AvxVnni.MultiplyWideningAndAdd(a1, x0, w1v);
-                                b1 = AvxVnni.MultiplyWideningAndAdd(b1, x1, w1v);
-                                a2 = AvxVnni.MultiplyWideningAndAdd(a2, x0, w2v);
-                                b2 = AvxVnni.MultiplyWideningAndAdd(b2, x1, w2v);
-                                a3 = AvxVnni.MultiplyWideningAndAdd(a3, x0, w3v);
-                                b3 = AvxVnni.MultiplyWideningAndAdd(b3, x1, w3v);
+                                var x0 = Vector256.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row0, g * 4))).AsByte();
+                                var x1 = Vector256.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row1, g * 4))).AsByte();
+                                ref sbyte w = ref Unsafe.Add(ref w0, (((ky * groups) + g) * perTap) + (b * FiltersPerVector * 4));
+                                var w0v = Vector256.LoadUnsafe(ref w);
+                                a0 = AvxVnni.MultiplyWideningAndAdd(a0, x0, w0v);
+                                b0 = AvxVnni.MultiplyWideningAndAdd(b0, x1, w0v);
+                                if (count == 4)
+                                {
+                                    var w1v = Vector256.LoadUnsafe(ref w, 32);
+                                    var w2v = Vector256.LoadUnsafe(ref w, 64);
+                                    var w3v = Vector256.LoadUnsafe(ref w, 96);
+                                    a1 = AvxVnni.MultiplyWideningAndAdd(a1, x0, w1v);
+                                    b1 = AvxVnni.MultiplyWideningAndAdd(b1, x1, w1v);
+                                    a2 = AvxVnni.MultiplyWideningAndAdd(a2, x0, w2v);
+                                    b2 = AvxVnni.MultiplyWideningAndAdd(b2, x1, w2v);
+                                    a3 = AvxVnni.MultiplyWideningAndAdd(a3, x0, w3v);
+                                    b3 = AvxVnni.MultiplyWideningAndAdd(b3, x1, w3v);
+                                }
                             }
                         }
-                    }
-                    // The blocks' compare masks are gathered in registers and written once per 64 filters.
-                    int shift = (b & 7) * FiltersPerVector;
-                    geA |= Compare(a0, b, ref boundsA) << shift;
-                    geB |= Compare(b0, b, ref boundsB) << shift;
-                    if (count == 4)
-                    {
-                        geA |= ((Compare(a1, b + 1, ref boundsA) << 8) | (Compare(a2, b + 2, ref boundsA) << 16) | (Compare(a3, b + 3, ref boundsA) << 24)) << shift;
-                        geB |= ((Compare(b1, b + 1, ref boundsB) << 8) | (Compare(b2, b + 2, ref boundsB) << 16) | (Compare(b3, b + 3, ref boundsB) << 24)) << shift;
+                        // The blocks' compare masks are gathered in registers and written once per 64 filters.
+                        geA |= Compare(a0, b, ref boundsA) << shift;
+                        geB |= Compare(b0, b, ref boundsB) << shift;
+                        if (count == 4)
+                        {
+                            geA |= ((Compare(a1, b + 1, ref boundsA) << 8) | (Compare(a2, b + 2, ref boundsA) << 16) | (Compare(a3, b + 3, ref boundsA) << 24)) << shift;
+                            geB |= ((Compare(b1, b + 1, ref boundsB) << 8) | (Compare(b2, b + 2, ref boundsB) << 16) | (Compare(b3, b + 3, ref boundsB) << 24)) << shift;
+                        }
                     }
                     if (((b + count) & 7) == 0 || b + count == blocks)
                     {
@@ -248,6 +267,47 @@ internal sealed class VnniInputConvStep : PackedStep
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// 32 filters (blocks b..b+3) of two positions in 512-bit registers: <c>vpmaddubsw</c> sums each group's u8 x s8
+    /// products in pairs into 16-bit lanes, which add up over all taps without overflow (|Σ| ≤ 255·kh·kw·C ≤ 32,767,
+    /// see <see cref="Supports16"/>); one <c>vpmaddwd</c> by ones then gives each filter's int32 dot product. Per 32
+    /// filters and tap group that is two multiplies and two adds, where <c>vpdpbusd</c> on 256-bit lanes (.NET has no
+    /// 512-bit form) takes four multiply-adds.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private (ulong A, ulong B) Wide32(ref byte patch0, ref byte patch1, ref sbyte w, int perTap, int b, ref int boundsA, ref int boundsB)
+    {
+        Vector512<short> a0 = default, a1 = default, b0 = default, b1 = default;
+        for (int ky = 0; ky < layer.KernelH; ky++)
+        {
+            ref byte row0 = ref Unsafe.Add(ref patch0, ky * rowBytes);
+            ref byte row1 = ref Unsafe.Add(ref patch1, ky * rowBytes);
+            for (int g = 0; g < groups; g++)
+            {
+                var x0 = Vector512.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row0, g * 4))).AsByte();
+                var x1 = Vector512.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row1, g * 4))).AsByte();
+                ref sbyte wg = ref Unsafe.Add(ref w, ((ky * groups) + g) * perTap);
+                var lower = Vector512.LoadUnsafe(ref wg);
+                var upper = Vector512.LoadUnsafe(ref wg, 64);
+                a0 += Avx512BW.MultiplyAddAdjacent(x0, lower);
+                b0 += Avx512BW.MultiplyAddAdjacent(x1, lower);
+                a1 += Avx512BW.MultiplyAddAdjacent(x0, upper);
+                b1 += Avx512BW.MultiplyAddAdjacent(x1, upper);
+            }
+        }
+        ulong ge32A = Compare16(a0, b, ref boundsA) | (Compare16(a1, b + 2, ref boundsA) << 16);
+        ulong ge32B = Compare16(b0, b, ref boundsB) | (Compare16(b1, b + 2, ref boundsB) << 16);
+        return (ge32A, ge32B);
+    }
+
+    /// <summary>16 filters' pair sums (two 16-bit lanes each) added into dot products and compared: 16 bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong Compare16(Vector512<short> pairs, int block, ref int bounds)
+    {
+        var dot = Avx512BW.MultiplyAddAdjacent(pairs, Vector512<short>.One);
+        return Vector512.GreaterThanOrEqual(dot, Vector512.LoadUnsafe(ref bounds, (nuint)(block * FiltersPerVector))).ExtractMostSignificantBits();
     }
 
     /// <summary>Bit set for −1: not ((sum ≥ bound) ≠ flip), and 0 past the last filter.</summary>
