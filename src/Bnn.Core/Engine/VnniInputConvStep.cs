@@ -13,7 +13,8 @@ namespace Bnn.Engine;
 /// <para>Pixels are laid out (H, W, C) so that one kernel row's kw·C bytes are contiguous; they are read as dwords
 /// (groups of 4 bytes, broadcast to every lane) and the bytes of a group past the row's taps get weight 0. Each lane
 /// holds one filter: 8 filters per 256-bit register, four such blocks for each of two positions in registers over
-/// the taps.</para>
+/// the taps. Where AVX-512BW is present and the sums fit 16 bits, each four blocks instead run as two 512-bit
+/// registers of 16-bit pair sums (<see cref="Wide32"/>; the CNV's input layer: 15.3 → 13.5 µs).</para>
 /// <para>Zero padding (a level of 0, which no pixel value encodes) is stored as pixel 0, whose level is −255: each
 /// padded tap then adds −255·w instead of 0, so border positions get 255·Σ_{padded taps} w added back, exactly.</para>
 /// <para>Each block of 8 sums is thresholded as soon as it leaves the instruction, against bounds that already hold
