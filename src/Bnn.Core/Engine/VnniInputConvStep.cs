@@ -212,52 +212,14 @@ internal sealed class VnniInputConvStep : PackedStep
                     // Four blocks at a time, then one: b is a multiple of 4 for every group of four, so a group never
                     // straddles a 64-filter word.
                     count = blocks - b >= 4 ? 4 : 1;
+                    // The blocks' compare masks are gathered in registers and written once per 64 filters.
+                    ref sbyte w = ref Unsafe.Add(ref w0, b * FiltersPerVector * 4);
+                    var (maskA, maskB) = count == 4 && sixteenBit
+                        ? Wide32(ref patch0, ref patch1, ref w, perTap, b, ref boundsA, ref boundsB)
+                        : Narrow(ref patch0, ref patch1, ref w, perTap, b, count, ref boundsA, ref boundsB);
                     int shift = (b & 7) * FiltersPerVector;
-                    if (count == 4 && sixteenBit)
-                    {
-                        var (ge32A, ge32B) = Wide32(ref patch0, ref patch1, ref Unsafe.Add(ref w0, b * FiltersPerVector * 4), perTap, b, ref boundsA, ref boundsB);
-                        geA |= ge32A << shift;
-                        geB |= ge32B << shift;
-                    }
-                    else
-                    {
-                        Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
-                        Vector256<int> b0 = default, b1 = default, b2 = default, b3 = default;
-                        for (int ky = 0; ky < layer.KernelH; ky++)
-                        {
-                            ref byte row0 = ref Unsafe.Add(ref patch0, ky * rowBytes);
-                            ref byte row1 = ref Unsafe.Add(ref patch1, ky * rowBytes);
-                            for (int g = 0; g < groups; g++)
-                            {
-                                var x0 = Vector256.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row0, g * 4))).AsByte();
-                                var x1 = Vector256.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row1, g * 4))).AsByte();
-                                ref sbyte w = ref Unsafe.Add(ref w0, (((ky * groups) + g) * perTap) + (b * FiltersPerVector * 4));
-                                var w0v = Vector256.LoadUnsafe(ref w);
-                                a0 = AvxVnni.MultiplyWideningAndAdd(a0, x0, w0v);
-                                b0 = AvxVnni.MultiplyWideningAndAdd(b0, x1, w0v);
-                                if (count == 4)
-                                {
-                                    var w1v = Vector256.LoadUnsafe(ref w, 32);
-                                    var w2v = Vector256.LoadUnsafe(ref w, 64);
-                                    var w3v = Vector256.LoadUnsafe(ref w, 96);
-                                    a1 = AvxVnni.MultiplyWideningAndAdd(a1, x0, w1v);
-                                    b1 = AvxVnni.MultiplyWideningAndAdd(b1, x1, w1v);
-                                    a2 = AvxVnni.MultiplyWideningAndAdd(a2, x0, w2v);
-                                    b2 = AvxVnni.MultiplyWideningAndAdd(b2, x1, w2v);
-                                    a3 = AvxVnni.MultiplyWideningAndAdd(a3, x0, w3v);
-                                    b3 = AvxVnni.MultiplyWideningAndAdd(b3, x1, w3v);
-                                }
-                            }
-                        }
-                        // The blocks' compare masks are gathered in registers and written once per 64 filters.
-                        geA |= Compare(a0, b, ref boundsA) << shift;
-                        geB |= Compare(b0, b, ref boundsB) << shift;
-                        if (count == 4)
-                        {
-                            geA |= ((Compare(a1, b + 1, ref boundsA) << 8) | (Compare(a2, b + 2, ref boundsA) << 16) | (Compare(a3, b + 3, ref boundsA) << 24)) << shift;
-                            geB |= ((Compare(b1, b + 1, ref boundsB) << 8) | (Compare(b2, b + 2, ref boundsB) << 16) | (Compare(b3, b + 3, ref boundsB) << 24)) << shift;
-                        }
-                    }
+                    geA |= maskA << shift;
+                    geB |= maskB << shift;
                     if (((b + count) & 7) == 0 || b + count == blocks)
                     {
                         int word = b >> 3;
@@ -268,6 +230,50 @@ internal sealed class VnniInputConvStep : PackedStep
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// <paramref name="count"/> blocks of 8 filters (1 or 4) from block <paramref name="b"/>, of two positions, with
+    /// <c>vpdpbusd</c> on 256-bit lanes: one bit per filter.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private (ulong A, ulong B) Narrow(ref byte patch0, ref byte patch1, ref sbyte w, int perTap, int b, int count, ref int boundsA, ref int boundsB)
+    {
+        Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector256<int> b0 = default, b1 = default, b2 = default, b3 = default;
+        for (int ky = 0; ky < layer.KernelH; ky++)
+        {
+            ref byte row0 = ref Unsafe.Add(ref patch0, ky * rowBytes);
+            ref byte row1 = ref Unsafe.Add(ref patch1, ky * rowBytes);
+            for (int g = 0; g < groups; g++)
+            {
+                var x0 = Vector256.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row0, g * 4))).AsByte();
+                var x1 = Vector256.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row1, g * 4))).AsByte();
+                ref sbyte wg = ref Unsafe.Add(ref w, ((ky * groups) + g) * perTap);
+                var w0v = Vector256.LoadUnsafe(ref wg);
+                a0 = AvxVnni.MultiplyWideningAndAdd(a0, x0, w0v);
+                b0 = AvxVnni.MultiplyWideningAndAdd(b0, x1, w0v);
+                if (count == 4)
+                {
+                    var w1v = Vector256.LoadUnsafe(ref wg, 32);
+                    var w2v = Vector256.LoadUnsafe(ref wg, 64);
+                    var w3v = Vector256.LoadUnsafe(ref wg, 96);
+                    a1 = AvxVnni.MultiplyWideningAndAdd(a1, x0, w1v);
+                    b1 = AvxVnni.MultiplyWideningAndAdd(b1, x1, w1v);
+                    a2 = AvxVnni.MultiplyWideningAndAdd(a2, x0, w2v);
+                    b2 = AvxVnni.MultiplyWideningAndAdd(b2, x1, w2v);
+                    a3 = AvxVnni.MultiplyWideningAndAdd(a3, x0, w3v);
+                    b3 = AvxVnni.MultiplyWideningAndAdd(b3, x1, w3v);
+                }
+            }
+        }
+        ulong maskA = Compare(a0, b, ref boundsA), maskB = Compare(b0, b, ref boundsB);
+        if (count == 4)
+        {
+            maskA |= (Compare(a1, b + 1, ref boundsA) << 8) | (Compare(a2, b + 2, ref boundsA) << 16) | (Compare(a3, b + 3, ref boundsA) << 24);
+            maskB |= (Compare(b1, b + 1, ref boundsB) << 8) | (Compare(b2, b + 2, ref boundsB) << 16) | (Compare(b3, b + 3, ref boundsB) << 24);
+        }
+        return (maskA, maskB);
     }
 
     /// <summary>
