@@ -9,8 +9,9 @@ namespace Bnn.Engine;
 
 /// <summary>
 /// The bit-packed dense engine ("fast"): activations packed along channels (see <see cref="BitConvention"/>),
-/// XNOR-popcount through <see cref="XorPopCount"/>, parallel over images, and per-worker buffers reused across images
-/// so the steady state allocates nothing.
+/// XNOR-popcount through <see cref="XorPopCount"/>, parallel over images (or, for one image with threads to spare,
+/// over each image's positions), and per-worker buffers reused across images so the steady state allocates nothing.
+/// One instance serves one <see cref="Score"/> call at a time: callers that score concurrently need an instance each.
 /// </summary>
 public sealed class PackedEngine : IEngine
 {
