@@ -711,7 +711,8 @@ internal sealed class BinaryConvStep : PackedStep
     public override void RunPart(ulong[] source, ulong[] output, int[] acc, int part, int parts)
     {
         var (from, to) = PartRange(outShape.Height * outShape.Width, part, parts, align: 4);
-        RunFused(source, layer.Padding == 0 ? inShape.Width : paddedWidth, output, acc, from, to);
+        // The prepared source is the input or its padded copy; either way its rows are paddedWidth (W + 2·0 = W) wide.
+        RunFused(source, paddedWidth, output, acc, from, to);
     }
 
     private void RunFused(ReadOnlySpan<ulong> src, int rowWidth, ulong[] output, int[] acc, int from, int to)
