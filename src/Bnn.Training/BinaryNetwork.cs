@@ -15,11 +15,13 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
 {
     private readonly ModuleList<nn.Module<Tensor, Tensor>> stages;
 
-    public BinaryNetwork(IReadOnlyList<LayerSpec> specs, int inChannels = 3, int binaryPadValue = 1, int inputSize = 32, bool channelsLast = false)
+    public BinaryNetwork(
+        IReadOnlyList<LayerSpec> specs, int inChannels = 3, int binaryPadValue = 1, int inputSize = 32, bool channelsLast = false, bool bf16BinaryConvs = false)
         : base(nameof(BinaryNetwork))
     {
         Specs = specs;
         ChannelsLast = channelsLast;
+        Bf16BinaryConvs = bf16BinaryConvs;
         stages = new ModuleList<nn.Module<Tensor, Tensor>>();
         int channels = inChannels;
         int features = -1;
@@ -30,7 +32,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
             switch (spec)
             {
                 case ConvSpec c:
-                    stages.Add(new ConvStage(channels, c, first, binaryPadValue, channelsLast));
+                    stages.Add(new ConvStage(channels, c, first, binaryPadValue, channelsLast, bf16BinaryConvs));
                     channels = c.OutChannels;
                     side = ((side + (2 * c.Padding) - c.Kernel) / c.Stride) + 1;
                     first = false;
@@ -60,6 +62,17 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     /// small enough for float32 to hold exactly, in any order.
     /// </summary>
     public bool ChannelsLast { get; }
+
+    /// <summary>
+    /// Whether binary convs (all but the first) multiply in bfloat16 while training. Inputs and weights are ±1, so the
+    /// products are exact; libtorch accumulates in float32 but rounds each sum to bfloat16's 8 significant bits.
+    /// Sums beyond ±256 therefore carry a rounding error of at most 1/256 of their size, well below batch norm's
+    /// scale (the spread of a sum over n taps is about √n). Evaluation always runs in float32, so validation
+    /// figures and the export are unaffected. The latent weights and Adam's state stay float32 (bfloat16 latent
+    /// weights would lose small updates); only the conv's gradients pass through bfloat16. Measured on
+    /// BinaryNet-VGG's conv shapes: about 1.7× faster forward and backward.
+    /// </summary>
+    public bool Bf16BinaryConvs { get; }
 
     public IReadOnlyList<nn.Module<Tensor, Tensor>> Stages => [.. stages];
 
@@ -114,11 +127,14 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         private readonly BatchNorm2d bn;
 
         private readonly bool channelsLast;
+        private readonly bool bf16;
 
-        public ConvStage(int inChannels, ConvSpec spec, bool first, int padValue, bool channelsLast = false)
+        public ConvStage(int inChannels, ConvSpec spec, bool first, int padValue, bool channelsLast = false, bool bf16 = false)
             : base(nameof(ConvStage))
         {
             this.channelsLast = channelsLast;
+            // The first layer sees pixel codes, whose sums reach 255·k·k·C: keep them exact in float32.
+            this.bf16 = bf16 && !first;
             Spec = spec;
             IsFirst = first;
             PadValue = first ? 0 : padValue;
@@ -152,9 +168,16 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
                 x = nn.functional.pad(x, [p, p, p, p], value: PadValue);
                 p = 0;
             }
-            var y = nn.functional.conv2d(x, w, null, [Spec.Stride, Spec.Stride], [p, p]);
+            var y = Convolve(x, w, Spec.Stride, p, MultipliesInBf16);
             return SteSign.apply(bn.forward(y));
         }
+
+        /// <summary>Whether the next forward multiplies in bfloat16: binary layers only, and only while training.</summary>
+        internal bool MultipliesInBf16 => bf16 && training;
+
+        internal static Tensor Convolve(Tensor x, Tensor w, long stride, long padding, bool inBf16) => inBf16
+            ? nn.functional.conv2d(x.to(bfloat16), w.to(bfloat16), null, [stride, stride], [padding, padding]).to(float32)
+            : nn.functional.conv2d(x, w, null, [stride, stride], [padding, padding]);
     }
 
     internal sealed class DenseStage : nn.Module<Tensor, Tensor>, IBinaryWeights

@@ -55,6 +55,15 @@ public sealed record TrainOptions
     /// <summary>The layout actually used: <see cref="ChannelsLast"/>, or on for binarynet-vgg only.</summary>
     public bool UsesChannelsLast(string arch) => ChannelsLast ?? arch == "binarynet-vgg";
 
+    /// <summary>
+    /// Multiply binary convs in bfloat16 while training (see <c>BinaryNetwork.Bf16BinaryConvs</c>); null chooses per
+    /// architecture: on for binarynet-vgg, whose epochs are dominated by wide binary convs.
+    /// </summary>
+    public bool? Bf16BinaryConvs { get; init; }
+
+    /// <summary>Whether bfloat16 binary convs are actually used: <see cref="Bf16BinaryConvs"/>, or on for binarynet-vgg only.</summary>
+    public bool UsesBf16BinaryConvs(string arch) => Bf16BinaryConvs ?? arch == "binarynet-vgg";
+
     /// <summary>Whether to augment (random 4-pixel-padded crop and horizontal flip); on for CIFAR-10 only.</summary>
     public bool Augment => Dataset == "cifar10";
 }

@@ -63,7 +63,7 @@ public static class Trainer
         int valCount = validation.Count;
 
         torch.manual_seed(seed);
-        using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: options.UsesChannelsLast(arch));
+        using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: options.UsesChannelsLast(arch), bf16BinaryConvs: options.UsesBf16BinaryConvs(arch));
         var optimizer = optim.Adam(net.parameters(), lr0);
         if (resumed is not null)
         {

@@ -101,6 +101,68 @@ public sealed class TrainingTests
     }
 
     [Fact]
+    public void Bf16Convolve_IsExactWhileSumsFitIn8Bits_AndRoundsBeyond()
+    {
+        using var scope = NewDisposeScope();
+
+        // Given ±1 inputs and weights whose sums fit bfloat16's 8 significant bits (27 taps)
+        manual_seed(9);
+        var x = randint(0, 2, [2, 3, 6, 6]).to_type(float32).mul(2).sub(1);
+        var w = randint(0, 2, [5, 3, 3, 3]).to_type(float32).mul(2).sub(1);
+
+        // Then the bfloat16 product is exact
+        var exact = BinaryNetwork.ConvStage.Convolve(x, w, 1, 1, inBf16: false);
+        Assert.True(exact.eq(BinaryNetwork.ConvStage.Convolve(x, w, 1, 1, inBf16: true)).all().item<bool>());
+
+        // Given a sum of 567 taps that comes to 565, which needs 9 significant bits
+        var allOnes = ones(1, 63, 3, 3);
+        var y = allOnes.clone();
+        y[0, 0, 0, 0] = tensor(-1f);
+
+        // Then float32 keeps it, and bfloat16 rounds it to the nearest representable 564 (within 1/256)
+        Assert.Equal(565f, BinaryNetwork.ConvStage.Convolve(y, allOnes, 1, 0, inBf16: false).item<float>());
+        Assert.Equal(564f, BinaryNetwork.ConvStage.Convolve(y, allOnes, 1, 0, inBf16: true).item<float>());
+    }
+
+    [Fact]
+    public void Bf16Network_MultipliesInBf16OnlyInBinaryLayersWhileTraining_AndMatchesFloat32WhileSumsAreSmall()
+    {
+        // Given two networks with the same initial weights, one multiplying its binary convs in bfloat16
+        using var scope = NewDisposeScope();
+        var specs = new LayerSpec[] { new ConvSpec(8, 3, 1, 1), new ConvSpec(12, 3, 1, 1), new PoolSpec(2), new DenseSpec(10), new OutputSpec(4) };
+        manual_seed(7);
+        using var plain = new BinaryNetwork(specs, inChannels: 3, inputSize: 8);
+        manual_seed(7);
+        using var bf16 = new BinaryNetwork(specs, inChannels: 3, inputSize: 8, bf16BinaryConvs: true);
+        var x = randint(-255, 256, [4, 3, 8, 8]).to_type(float32);
+        var convs = bf16.Stages.OfType<BinaryNetwork.ConvStage>().ToList();
+
+        // Then only the binary conv multiplies in bfloat16, and only in training mode
+        Assert.Equal([false, true], convs.Select(c => c.MultipliesInBf16));
+        bf16.eval();
+        Assert.All(convs, c => Assert.False(c.MultipliesInBf16));
+        bf16.train();
+
+        // When both run forward and backward (the binary conv sums 72 taps, exact in bfloat16)
+        var a = plain.forward(x);
+        var b = bf16.forward(x);
+        a.sum().backward();
+        b.sum().backward();
+
+        // Then the scores are equal, and every gradient is nonzero and agrees to bfloat16's precision
+        Assert.True(a.eq(b).all().item<bool>());
+        var gradsA = plain.parameters().Select(p => p.grad).ToList();
+        var gradsB = bf16.parameters().Select(p => p.grad).ToList();
+        for (int i = 0; i < gradsA.Count; i++)
+        {
+            // bfloat16 rounds each gradient it carries to 1/256; a few roundings compound
+            float error = gradsA[i]!.sub(gradsB[i]!).abs().max().item<float>();
+            float scale = gradsA[i]!.abs().max().item<float>();
+            Assert.True(scale > 0 && error <= scale / 64, $"gradient {i}: error {error} against scale {scale}");
+        }
+    }
+
+    [Fact]
     public void TrainSmoke_CnvAndResume_ExportsAModelTheEngineReproducesExactly()
     {
         using var dir = new TempDirectory();
