@@ -44,6 +44,7 @@ public static class BnnApp
         AnalyzeCommand.Create(io),
         ShareCommand.Create(io),
         CheckpointCommands.Export(io),
+        CheckpointCommands.Average(io),
         CheckpointCommands.Fidelity(io),
         ReproduceCommand.Create(io),
         ReportCommand.Create(io),

@@ -26,6 +26,10 @@ internal sealed record CheckpointHeader
     public required IReadOnlyList<EpochRecord> History { get; init; }
     /// <summary>Whether the optimizer state follows the model (latest checkpoints) or not (best-model snapshots).</summary>
     public required bool HasOptimizerState { get; init; }
+    /// <summary>The epochs whose weights were averaged into this checkpoint (<see cref="WeightAveraging"/>); null otherwise.</summary>
+    public IReadOnlyList<int>? AveragedEpochs { get; init; }
+    /// <summary>Training images the averaged checkpoint's batch-norm statistics were re-estimated on; null if none.</summary>
+    public int? RecalibrationImages { get; init; }
 }
 
 /// <summary>

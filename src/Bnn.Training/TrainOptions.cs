@@ -65,7 +65,15 @@ public sealed record TrainOptions
     public bool UsesBf16BinaryConvs(string arch) => Bf16BinaryConvs ?? arch == "binarynet-vgg";
 
     /// <summary>Whether to augment (random 4-pixel-padded crop and horizontal flip); on for CIFAR-10 only.</summary>
-    public bool Augment => Dataset == "cifar10";
+    public bool Augment => Augments(Dataset);
+
+    /// <summary>Whether training on <paramref name="dataset"/> augments its images: CIFAR-10 yes, SVHN (digits) no.</summary>
+    public static bool Augments(string dataset) => dataset == "cifar10";
+
+    /// <summary>
+    /// Also keep every epoch's weights as <c>M.epochNNN.ckpt</c> (no optimizer state), for <see cref="WeightAveraging"/>.
+    /// </summary>
+    public bool KeepEpochCheckpoints { get; init; }
 }
 
 /// <summary>Per-epoch figures, as logged to the CSV and stored in checkpoints.</summary>

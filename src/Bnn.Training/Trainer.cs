@@ -30,6 +30,10 @@ public static class Trainer
         return (stem + ".ckpt", stem + ".best.ckpt", stem + ".train.csv");
     }
 
+    /// <summary>Where <see cref="TrainOptions.KeepEpochCheckpoints"/> keeps one epoch's weights.</summary>
+    public static string EpochCheckpointPath(string modelPath, int epoch) =>
+        Path.ChangeExtension(CompanionPaths(modelPath).Latest, string.Create(CultureInfo.InvariantCulture, $"epoch{epoch:D3}.ckpt"));
+
     /// <summary>Runs (or resumes) training, checkpointing after every epoch.</summary>
     public static TrainResult Train(TrainOptions options, IProgress<TrainProgress>? progress = null, CancellationToken cancel = default)
     {
@@ -123,6 +127,10 @@ public static class Trainer
                 Checkpoint.Write(bestPath, header, net, null);
             }
             Checkpoint.Write(latestPath, header, net, optimizer);
+            if (options.KeepEpochCheckpoints)
+            {
+                Checkpoint.Write(EpochCheckpointPath(options.Out, epoch + 1), header, net, null);
+            }
             WriteLog(logPath, history);
         }
         if (bestEpoch > 0)

@@ -7,7 +7,7 @@ using TorchSharp;
 
 namespace Bnn.Cli;
 
-/// <summary>Commands on training checkpoints: export to a model file, and check the engine against TorchSharp.</summary>
+/// <summary>Commands on training checkpoints: export to a model file, average a run's epochs, and check the engine against TorchSharp.</summary>
 internal static class CheckpointCommands
 {
     public static Command Export(CliIo io)
@@ -24,6 +24,61 @@ internal static class CheckpointCommands
             }
             ModelFile.Save(Exporter.FromCheckpoint(path), parse.GetValue(output)!);
             io.Out.WriteLine($"wrote {parse.GetValue(output)}");
+            return BnnApp.Ok;
+        }));
+        return command;
+    }
+
+    public static Command Average(CliIo io)
+    {
+        var checkpoints = new Argument<string[]>("checkpoints") { Description = "checkpoints of one run, e.g. those `bnn train --keep-epochs` keeps", Arity = ArgumentArity.OneOrMore };
+        var data = CommonOptions.Data();
+        var output = new Option<string>("--out") { Description = "averaged checkpoint to write (.ckpt)", Required = true };
+        var model = new Option<string?>("--model") { Description = "also export the averaged checkpoint as this model file" };
+        var recalibrate = new Option<int>("--recalibrate") { Description = "re-estimate batch norm on this many (augmented) training images; 0 keeps the averaged statistics", DefaultValueFactory = _ => 20000 };
+        var seed = new Option<int>("--seed") { Description = "random seed of the recalibration images and their augmentation", DefaultValueFactory = _ => 1 };
+        var threads = new Option<int>("--threads") { Description = "libtorch threads (0: its default)" };
+        var command = new Command("average", "Average the weights of a run's late epochs (SWA), re-estimate batch norm, and report validation accuracy")
+        {
+            checkpoints, data, output, model, recalibrate, seed, threads,
+        };
+        command.SetAction(parse => BnnApp.Guard(io, () =>
+        {
+            var paths = parse.GetValue(checkpoints)!;
+            if (paths.FirstOrDefault(p => !File.Exists(p)) is string missing)
+            {
+                throw new UsageException($"checkpoint {missing} not found");
+            }
+            if (parse.GetValue(recalibrate) < 0)
+            {
+                throw new UsageException("--recalibrate must be ≥ 0");
+            }
+            var outPath = parse.GetValue(output)!;
+            if (paths.Any(p => Path.GetFullPath(p) == Path.GetFullPath(outPath)))
+            {
+                throw new UsageException($"--out {outPath} would overwrite one of the checkpoints being averaged");
+            }
+            if (parse.GetValue(threads) > 0)
+            {
+                torch.set_num_threads(parse.GetValue(threads));
+            }
+            var result = WeightAveraging.Average(paths, parse.GetValue(data)!, outPath, parse.GetValue(recalibrate), parse.GetValue(seed));
+            foreach (var (epoch, accuracy) in result.Inputs)
+            {
+                io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"epoch {epoch}: validation {accuracy:P2}"));
+            }
+            io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture, $"average of {paths.Length}: validation {result.AveragedValidationAccuracy:P2}"));
+            if (result.RecalibratedValidationAccuracy is double recalibrated)
+            {
+                io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"average of {paths.Length}, batch norm re-estimated on {result.RecalibrationImages} training images: validation {recalibrated:P2}"));
+            }
+            io.Out.WriteLine($"wrote {outPath}");
+            if (parse.GetValue(model) is string modelPath)
+            {
+                ModelFile.Save(Exporter.FromCheckpoint(outPath), modelPath);
+                io.Out.WriteLine($"wrote {modelPath}");
+            }
             return BnnApp.Ok;
         }));
         return command;

@@ -26,9 +26,10 @@ internal static class TrainCommand
         var maxBatches = new Option<int?>("--max-batches") { Description = "stop each epoch after N batches (smoke runs)" };
         var channelsLast = new Option<bool?>("--channels-last") { Description = "run convs channels-last (default: on for binarynet-vgg, where it measured 1.26× faster; off for cnv)" };
         var bf16 = new Option<bool?>("--bf16-convs") { Description = "multiply binary convs in bfloat16 while training (exact ±1 products, float32 weights and evaluation; default: on for binarynet-vgg)" };
+        var keepEpochs = new Option<bool>("--keep-epochs") { Description = "also keep each epoch's weights as M.epochNNN.ckpt (for `bnn average`)" };
         var command = new Command("train", "Train a BNN with TorchSharp and write a bit-packed model file")
         {
-            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16,
+            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16, keepEpochs,
         };
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
@@ -49,6 +50,7 @@ internal static class TrainCommand
                 MaxBatchesPerEpoch = parse.GetValue(maxBatches),
                 ChannelsLast = parse.GetValue(channelsLast),
                 Bf16BinaryConvs = parse.GetValue(bf16),
+                KeepEpochCheckpoints = parse.GetValue(keepEpochs),
             };
             if (options.Epochs < 0 || options.BatchSize <= 0 || !(options.Width > 0))
             {

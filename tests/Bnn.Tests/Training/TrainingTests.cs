@@ -59,7 +59,7 @@ public sealed class TrainingTests
     }
 
     /// <summary>One-epoch smoke options on a generated, learnable CIFAR-10 directory of <paramref name="perBatch"/> records per batch file.</summary>
-    private static TrainOptions TinyCnv(TempDirectory dir, int perBatch, int dataSeed, int seed, int batches)
+    internal static TrainOptions TinyCnv(TempDirectory dir, int perBatch, int dataSeed, int seed, int batches)
     {
         TestData.WriteCifarDirectory(dir, perBatch, dataSeed, learnable: true);
         return new TrainOptions
@@ -255,7 +255,7 @@ public sealed class TrainingTests
         Assert.Contains("x.ckpt", e.Message);
     }
 
-    private static void AssertEngineMatchesTorch(BinaryNetwork net, BnnModel model, ImageSet images)
+    internal static void AssertEngineMatchesTorch(BinaryNetwork net, BnnModel model, ImageSet images)
     {
         var torch64 = Trainer.Predict(net, images, ScalarType.Float64);
         var torch32 = Trainer.Predict(net, images, ScalarType.Float32);
