@@ -58,6 +58,19 @@ public sealed class TrainingTests
         AssertEngineMatchesTorch(net, model, images);
     }
 
+    /// <summary>Both networks' scores on <paramref name="x"/>, and every parameter's gradient of their sums.</summary>
+    private static (Tensor A, Tensor B, List<Tensor> GradsA, List<Tensor> GradsB) ForwardAndBackward(BinaryNetwork first, BinaryNetwork second, Tensor x)
+    {
+        var a = first.forward(x);
+        var b = second.forward(x);
+        a.sum().backward();
+        b.sum().backward();
+        var gradsA = first.parameters().Select(p => p.grad!).ToList();
+        var gradsB = second.parameters().Select(p => p.grad!).ToList();
+        Assert.Equal(gradsA.Count, gradsB.Count);
+        return (a, b, gradsA, gradsB);
+    }
+
     /// <summary>One-epoch smoke options on a generated, learnable CIFAR-10 directory of <paramref name="perBatch"/> records per batch file.</summary>
     internal static TrainOptions TinyCnv(TempDirectory dir, int perBatch, int dataSeed, int seed, int batches)
     {
@@ -84,19 +97,13 @@ public sealed class TrainingTests
         var x = randint(-255, 256, [4, 3, 8, 8]).to_type(float32);
 
         // When both run forward and backward on the same batch
-        var a = plain.forward(x);
-        var b = channelsLast.forward(x);
-        a.sum().backward();
-        b.sum().backward();
+        var (a, b, gradsA, gradsB) = ForwardAndBackward(plain, channelsLast, x);
 
         // Then scores (integer sums, exact in float32 in any order) and every weight gradient are equal
         Assert.True(a.eq(b).all().item<bool>());
-        var gradsA = plain.parameters().Select(p => p.grad).ToList();
-        var gradsB = channelsLast.parameters().Select(p => p.grad).ToList();
-        Assert.Equal(gradsA.Count, gradsB.Count);
         for (int i = 0; i < gradsA.Count; i++)
         {
-            Assert.True(gradsA[i]!.allclose(gradsB[i]!, rtol: 1e-4, atol: 1e-5), $"gradient {i} differs");
+            Assert.True(gradsA[i].allclose(gradsB[i], rtol: 1e-4, atol: 1e-5), $"gradient {i} differs");
         }
     }
 
@@ -144,20 +151,15 @@ public sealed class TrainingTests
         bf16.train();
 
         // When both run forward and backward (the binary conv sums 72 taps, exact in bfloat16)
-        var a = plain.forward(x);
-        var b = bf16.forward(x);
-        a.sum().backward();
-        b.sum().backward();
+        var (a, b, gradsA, gradsB) = ForwardAndBackward(plain, bf16, x);
 
         // Then the scores are equal, and every gradient is nonzero and agrees to bfloat16's precision
         Assert.True(a.eq(b).all().item<bool>());
-        var gradsA = plain.parameters().Select(p => p.grad).ToList();
-        var gradsB = bf16.parameters().Select(p => p.grad).ToList();
         for (int i = 0; i < gradsA.Count; i++)
         {
             // bfloat16 rounds each gradient it carries to 1/256; a few roundings compound
-            float error = gradsA[i]!.sub(gradsB[i]!).abs().max().item<float>();
-            float scale = gradsA[i]!.abs().max().item<float>();
+            float error = gradsA[i].sub(gradsB[i]).abs().max().item<float>();
+            float scale = gradsA[i].abs().max().item<float>();
             Assert.True(scale > 0 && error <= scale / 64, $"gradient {i}: error {error} against scale {scale}");
         }
     }
