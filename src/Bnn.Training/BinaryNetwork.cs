@@ -69,8 +69,8 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     /// Sums beyond ±256 therefore carry a rounding error of at most 1/256 of their size, well below batch norm's
     /// scale (the spread of a sum over n taps is about √n). Evaluation always runs in float32, so validation
     /// figures and the export are unaffected. The latent weights and Adam's state stay float32 (bfloat16 latent
-    /// weights would lose small updates); only the conv's gradients pass through bfloat16. Measured on
-    /// BinaryNet-VGG's conv shapes: about 1.7× faster forward and backward.
+    /// weights would lose small updates); only the conv's gradients pass through bfloat16. Measured here:
+    /// BinaryNet-VGG's conv shapes about 1.7× faster forward and backward, its whole epoch 790 → 499 s (1.58×).
     /// </summary>
     public bool Bf16BinaryConvs { get; }
 
