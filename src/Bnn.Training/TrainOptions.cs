@@ -56,13 +56,26 @@ public sealed record TrainOptions
     public bool UsesChannelsLast(string arch) => ChannelsLast ?? arch == "binarynet-vgg";
 
     /// <summary>
-    /// Multiply binary convs in bfloat16 while training (see <c>BinaryNetwork.Bf16BinaryConvs</c>); null chooses per
-    /// architecture: on for binarynet-vgg, whose epochs are dominated by wide binary convs.
+    /// Multiply binary convs in bfloat16 while training (see <c>BinaryNetwork.Bf16BinaryConvs</c>); null chooses:
+    /// on for binarynet-vgg, whose epochs are dominated by wide binary convs, where the CPU has bfloat16 dot
+    /// products (<see cref="CpuHasBf16DotProducts"/>). Without them libtorch emulates bfloat16, slower than float32.
     /// </summary>
     public bool? Bf16BinaryConvs { get; init; }
 
-    /// <summary>Whether bfloat16 binary convs are actually used: <see cref="Bf16BinaryConvs"/>, or on for binarynet-vgg only.</summary>
-    public bool UsesBf16BinaryConvs(string arch) => Bf16BinaryConvs ?? arch == "binarynet-vgg";
+    /// <summary>Whether bfloat16 binary convs are actually used: <see cref="Bf16BinaryConvs"/>, or the per-architecture default.</summary>
+    public bool UsesBf16BinaryConvs(string arch) => Bf16BinaryConvs ?? (arch == "binarynet-vgg" && CpuHasBf16DotProducts);
+
+    /// <summary>Whether this CPU reports AVX-512 BF16 or AMX-BF16 (Linux <c>/proc/cpuinfo</c>; false elsewhere).</summary>
+    public static bool CpuHasBf16DotProducts => CpuBf16.Value;
+
+    private static readonly Lazy<bool> CpuBf16 = new(() =>
+        File.Exists("/proc/cpuinfo") && ReportsBf16DotProducts(File.ReadLines("/proc/cpuinfo")));
+
+    /// <summary>Whether the <c>flags</c> lines of a <c>/proc/cpuinfo</c> text name avx512_bf16 or amx_bf16.</summary>
+    internal static bool ReportsBf16DotProducts(IEnumerable<string> cpuinfoLines) => cpuinfoLines
+        .Where(line => line.StartsWith("flags", StringComparison.Ordinal))
+        .SelectMany(line => line[(line.IndexOf(':', StringComparison.Ordinal) + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries))
+        .Any(flag => flag is "avx512_bf16" or "amx_bf16");
 
     /// <summary>Whether to augment (random 4-pixel-padded crop and horizontal flip); on for CIFAR-10 only.</summary>
     public bool Augment => Augments(Dataset);

@@ -25,7 +25,7 @@ internal static class TrainCommand
         var limit = new Option<int?>("--limit") { Description = "use only the first N training records (smoke runs)" };
         var maxBatches = new Option<int?>("--max-batches") { Description = "stop each epoch after N batches (smoke runs)" };
         var channelsLast = new Option<bool?>("--channels-last") { Description = "run convs channels-last (default: on for binarynet-vgg, where it measured 1.26× faster; off for cnv)" };
-        var bf16 = new Option<bool?>("--bf16-convs") { Description = "multiply binary convs in bfloat16 while training (exact ±1 products, float32 weights and evaluation; default: on for binarynet-vgg)" };
+        var bf16 = new Option<bool?>("--bf16-convs") { Description = "multiply binary convs in bfloat16 while training (exact ±1 products, float32 weights and evaluation; default: on for binarynet-vgg where the CPU has bfloat16 dot products)" };
         var keepEpochs = new Option<bool>("--keep-epochs") { Description = "also keep each epoch's weights as M.epochNNN.ckpt (for `bnn average`)" };
         var command = new Command("train", "Train a BNN with TorchSharp and write a bit-packed model file")
         {

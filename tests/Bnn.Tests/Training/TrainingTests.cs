@@ -131,6 +131,17 @@ public sealed class TrainingTests
         Assert.Equal(564f, BinaryNetwork.ConvStage.Convolve(y, allOnes, 1, 0, inBf16: true).item<float>());
     }
 
+    [Theory]
+    [InlineData("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni", true)]
+    [InlineData("flags\t\t: fpu amx_bf16 amx_tile", true)]
+    [InlineData("flags\t\t: fpu avx512f avx512_vnni", false)]
+    [InlineData("model name\t: avx512_bf16 in a name, not a flag", false)]
+    [InlineData("", false)]
+    public void Bf16Default_FollowsTheCpuFlags(string cpuinfo, bool expected)
+    {
+        Assert.Equal(expected, TrainOptions.ReportsBf16DotProducts(cpuinfo.Split('\n')));
+    }
+
     [Fact]
     public void Bf16Network_MultipliesInBf16OnlyInBinaryLayersWhileTraining_AndMatchesFloat32WhileSumsAreSmall()
     {
