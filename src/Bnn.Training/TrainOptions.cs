@@ -58,7 +58,8 @@ public sealed record TrainOptions
     /// <summary>
     /// Multiply binary convs in bfloat16 while training (see <c>BinaryNetwork.Bf16BinaryConvs</c>); null chooses:
     /// on for binarynet-vgg, whose epochs are dominated by wide binary convs, where the CPU has bfloat16 dot
-    /// products (<see cref="CpuHasBf16DotProducts"/>). Without them libtorch emulates bfloat16, slower than float32.
+    /// products (<see cref="CpuHasBf16DotProducts"/>). Without them there is no native bfloat16 dot product to gain
+    /// from (not measured: this machine has one).
     /// </summary>
     public bool? Bf16BinaryConvs { get; init; }
 
