@@ -16,12 +16,14 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     private readonly ModuleList<nn.Module<Tensor, Tensor>> stages;
 
     public BinaryNetwork(
-        IReadOnlyList<LayerSpec> specs, int inChannels = 3, int binaryPadValue = 1, int inputSize = 32, bool channelsLast = false, bool bf16BinaryConvs = false)
+        IReadOnlyList<LayerSpec> specs, int inChannels = 3, int binaryPadValue = 1, int inputSize = 32, bool channelsLast = false,
+        bool bf16BinaryConvs = false, bool binarized = true)
         : base(nameof(BinaryNetwork))
     {
         Specs = specs;
         ChannelsLast = channelsLast;
-        Bf16BinaryConvs = bf16BinaryConvs;
+        Binarized = binarized;
+        Bf16BinaryConvs = bf16BinaryConvs && binarized;
         stages = new ModuleList<nn.Module<Tensor, Tensor>>();
         int channels = inChannels;
         int features = -1;
@@ -32,7 +34,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
             switch (spec)
             {
                 case ConvSpec c:
-                    stages.Add(new ConvStage(channels, c, first, binaryPadValue, channelsLast, bf16BinaryConvs));
+                    stages.Add(new ConvStage(channels, c, first, binaryPadValue, channelsLast, Bf16BinaryConvs, binarized));
                     channels = c.OutChannels;
                     side = ((side + (2 * c.Padding) - c.Kernel) / c.Stride) + 1;
                     first = false;
@@ -42,11 +44,11 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
                     side /= p.Size;
                     break;
                 case DenseSpec d:
-                    stages.Add(new DenseStage(features < 0 ? channels * side * side : features, d.OutFeatures));
+                    stages.Add(new DenseStage(features < 0 ? channels * side * side : features, d.OutFeatures, binarized));
                     features = d.OutFeatures;
                     break;
                 case OutputSpec o:
-                    stages.Add(new OutputStage(features < 0 ? channels * side * side : features, o.Classes));
+                    stages.Add(new OutputStage(features < 0 ? channels * side * side : features, o.Classes, binarized));
                     break;
                 default:
                     throw new ArgumentException($"unsupported layer spec {spec}");
@@ -74,6 +76,18 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     /// </summary>
     public bool Bf16BinaryConvs { get; }
 
+    /// <summary>
+    /// False for the float twin: the same topology with real weights and ReLU after each batch norm instead of sign.
+    /// It cannot be exported to the bit-packed format; it serves as a distillation teacher (<see cref="Distillation"/>).
+    /// </summary>
+    public bool Binarized { get; }
+
+    /// <summary>The weights a stage multiplies by: their signs, or (float twin) the weights themselves.</summary>
+    internal static Tensor StageWeights(Parameter latent, bool binarized) => binarized ? SteSign.apply(latent) : latent;
+
+    /// <summary>A stage's activation after batch norm: sign, or (float twin) ReLU.</summary>
+    internal static Tensor Activate(Tensor x, bool binarized) => binarized ? SteSign.apply(x) : nn.functional.relu(x);
+
     public IReadOnlyList<nn.Module<Tensor, Tensor>> Stages => [.. stages];
 
     public override Tensor forward(Tensor input)
@@ -95,6 +109,10 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     /// <summary>Keeps latent binary weights in [−1, 1], as BinaryNet does after each update.</summary>
     public void ClipLatentWeights()
     {
+        if (!Binarized)
+        {
+            return;
+        }
         using var _ = no_grad();
         foreach (var stage in stages)
         {
@@ -128,10 +146,12 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
 
         private readonly bool channelsLast;
         private readonly bool bf16;
+        private readonly bool binarized;
 
-        public ConvStage(int inChannels, ConvSpec spec, bool first, int padValue, bool channelsLast = false, bool bf16 = false)
+        public ConvStage(int inChannels, ConvSpec spec, bool first, int padValue, bool channelsLast = false, bool bf16 = false, bool binarized = true)
             : base(nameof(ConvStage))
         {
+            this.binarized = binarized;
             this.channelsLast = channelsLast;
             // The first layer sees pixel codes, whose sums reach 255·k·k·C: keep them exact in float32.
             this.bf16 = bf16 && !first;
@@ -156,7 +176,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
 
         public override Tensor forward(Tensor x)
         {
-            var w = SteSign.apply(weight);
+            var w = StageWeights(weight, binarized);
             if (channelsLast)
             {
                 // With input and weights channels-last, libtorch's CPU conv picks its NHWC kernels.
@@ -169,7 +189,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
                 p = 0;
             }
             var y = Convolve(x, w, Spec.Stride, p, MultipliesInBf16);
-            return SteSign.apply(bn.forward(y));
+            return Activate(bn.forward(y), binarized);
         }
 
         /// <summary>Whether the next forward multiplies in bfloat16: binary layers only, and only while training.</summary>
@@ -184,10 +204,12 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     {
         private readonly Parameter weight;
         private readonly BatchNorm1d bn;
+        private readonly bool binarized;
 
-        public DenseStage(int inFeatures, int outFeatures)
+        public DenseStage(int inFeatures, int outFeatures, bool binarized = true)
             : base(nameof(DenseStage))
         {
+            this.binarized = binarized;
             weight = nn.Parameter(LatentInit(outFeatures, inFeatures));
             bn = nn.BatchNorm1d(outFeatures);
             RegisterComponents();
@@ -201,7 +223,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         {
             // Flattening in (C, H, W) order; the exporter records that order for the engine.
             var flat = x.dim() > 2 ? x.flatten(1) : x;
-            return SteSign.apply(bn.forward(nn.functional.linear(flat, SteSign.apply(weight))));
+            return Activate(bn.forward(nn.functional.linear(flat, StageWeights(weight, binarized))), binarized);
         }
     }
 
@@ -209,10 +231,12 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     {
         private readonly Parameter weight;
         private readonly Parameter logScale;
+        private readonly bool binarized;
 
-        public OutputStage(int inFeatures, int classes)
+        public OutputStage(int inFeatures, int classes, bool binarized = true)
             : base(nameof(OutputStage))
         {
+            this.binarized = binarized;
             weight = nn.Parameter(LatentInit(classes, inFeatures));
             // A positive learned temperature for the loss only: it scales every score alike, so argmax ignores it.
             logScale = nn.Parameter(tensor(-0.5 * Math.Log(inFeatures), dtype: float32));
@@ -227,7 +251,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         public Tensor Scores(Tensor x)
         {
             var flat = x.dim() > 2 ? x.flatten(1) : x;
-            return nn.functional.linear(flat, SteSign.apply(weight));
+            return nn.functional.linear(flat, StageWeights(weight, binarized));
         }
 
         public override Tensor forward(Tensor x) => Scores(x) * logScale.exp();

@@ -30,6 +30,10 @@ internal sealed record CheckpointHeader
     public IReadOnlyList<int>? AveragedEpochs { get; init; }
     /// <summary>Training images the averaged checkpoint's batch-norm statistics were re-estimated on; null if none.</summary>
     public int? RecalibrationImages { get; init; }
+    /// <summary>True for a float twin (<c>bnn train --float</c>), a distillation teacher that has no bit-packed model.</summary>
+    public bool Float { get; init; }
+    /// <summary>The teacher checkpoint the run distilled from, if any.</summary>
+    public string? Teacher { get; init; }
 }
 
 /// <summary>

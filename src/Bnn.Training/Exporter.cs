@@ -19,7 +19,7 @@ public static class Exporter
     internal static BinaryNetwork LoadNetwork(string checkpointPath)
     {
         var header = Checkpoint.ReadHeader(checkpointPath);
-        var net = new BinaryNetwork(Architectures.Build(header.Arch, header.Width, header.Classes), binaryPadValue: header.BinaryPadValue);
+        var net = new BinaryNetwork(Architectures.Build(header.Arch, header.Width, header.Classes), binaryPadValue: header.BinaryPadValue, binarized: !header.Float);
         Checkpoint.ReadState(checkpointPath, net, null);
         net.eval();
         return net;
@@ -27,6 +27,10 @@ public static class Exporter
 
     internal static BnnModel ToModel(BinaryNetwork net, string source, int inChannels = 3, int height = 32, int width = 32)
     {
+        if (!net.Binarized)
+        {
+            throw new BnnDataException($"{source}: a float network (a distillation teacher) has no bit-packed model");
+        }
         var layers = new List<Layer>();
         foreach (var stage in net.Stages)
         {

@@ -69,14 +69,14 @@ public static class SharingFineTuner
                 group.LearningRate = lr;
             }
             var rng = new Random(Trainer.EpochSeed(seed, epoch, stream: 1));
-            var (loss, accuracy) = Trainer.TrainEpoch(net, optimizer, train, batchSize, batches, header.Dataset == "cifar10" ? rng : null, rng,
+            var (loss, accuracy) = Trainer.TrainEpoch(net, optimizer, train, batchSize, batches, TrainOptions.Augments(header.Dataset) ? rng : null, rng,
                 () =>
                 {
                     foreach (var tie in ties)
                     {
                         tie.Project();
                     }
-                }, null);
+                }, null, null);
             var model = Exporter.ToModel(net, checkpointPath);
             foreach (var tie in ties)
             {

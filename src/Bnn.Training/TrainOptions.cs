@@ -88,6 +88,18 @@ public sealed record TrainOptions
     /// Also keep every epoch's weights as <c>M.epochNNN.ckpt</c> (no optimizer state), for <see cref="WeightAveraging"/>.
     /// </summary>
     public bool KeepEpochCheckpoints { get; init; }
+
+    /// <summary>Train the architecture's float twin instead (real weights, ReLU), as a distillation teacher.</summary>
+    public bool Float { get; init; }
+
+    /// <summary>A float twin's checkpoint to distill from (<see cref="Distillation"/>); null trains on labels alone.</summary>
+    public string? Teacher { get; init; }
+
+    /// <summary>α, the soft (teacher) share of the distillation loss.</summary>
+    public double DistillWeight { get; init; } = 0.5;
+
+    /// <summary>T, the softmax temperature of the distillation loss.</summary>
+    public double DistillTemperature { get; init; } = 4;
 }
 
 /// <summary>Per-epoch figures, as logged to the CSV and stored in checkpoints.</summary>

@@ -67,7 +67,15 @@ public static class Trainer
         int valCount = validation.Count;
 
         torch.manual_seed(seed);
-        using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: options.UsesChannelsLast(arch), bf16BinaryConvs: options.UsesBf16BinaryConvs(arch));
+        bool isFloat = resumed?.Float ?? options.Float;
+        string? teacherPath = options.Teacher ?? resumed?.Teacher;
+        if (isFloat && teacherPath is not null)
+        {
+            throw new ArgumentException("a float twin is the teacher; it does not distill from one", nameof(options));
+        }
+        using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: options.UsesChannelsLast(arch),
+            bf16BinaryConvs: options.UsesBf16BinaryConvs(arch), binarized: !isFloat);
+        using var distillation = teacherPath is null ? null : OpenTeacher(teacherPath, arch, width, all.Classes, options);
         var optimizer = optim.Adam(net.parameters(), lr0);
         if (resumed is not null)
         {
@@ -99,7 +107,7 @@ public static class Trainer
                 group.LearningRate = lr;
             }
             var rng = new Random(EpochSeed(seed, epoch, stream: 0));
-            var (trainLoss, trainAccuracy) = TrainEpoch(net, optimizer, train, batchSize, batches, options.Augment ? rng : null, rng, null,
+            var (trainLoss, trainAccuracy) = TrainEpoch(net, optimizer, train, batchSize, batches, options.Augment ? rng : null, rng, null, distillation,
                 progress is null ? null : (b, loss, accuracy) =>
                 {
                     double done = (b + 1.0) / batches;
@@ -117,7 +125,7 @@ public static class Trainer
                 Arch = arch, Width = width, Dataset = options.Dataset, Classes = all.Classes, BinaryPadValue = 1,
                 Seed = seed, Epochs = epochs, LearningRate = lr0, BatchSize = batchSize, ValidationCount = valCount,
                 CompletedEpochs = epoch + 1, BestEpoch = bestEpoch, BestValidationAccuracy = bestAccuracy,
-                History = history, HasOptimizerState = true,
+                History = history, HasOptimizerState = true, Float = isFloat, Teacher = teacherPath,
             };
             if (valAccuracy > bestAccuracy)
             {
@@ -133,12 +141,24 @@ public static class Trainer
             }
             WriteLog(logPath, history);
         }
-        if (bestEpoch > 0)
+        if (bestEpoch > 0 && !isFloat)
         {
             // Model selection on the validation split: the exported model is the best epoch's, not the last one's.
             ModelFile.Save(Exporter.FromCheckpoint(bestPath), options.Out);
         }
         return new TrainResult(latestPath, bestPath, logPath, history, bestEpoch);
+    }
+
+    private static Distillation OpenTeacher(string path, string arch, double width, int classes, TrainOptions options)
+    {
+        var header = Checkpoint.ReadHeader(path);
+        if (!header.Float || header.Arch != arch || header.Width != width || header.Classes != classes)
+        {
+            throw new BnnDataException(
+                $"{path}: a teacher must be the float twin of {arch} ×{width} with {classes} classes (`bnn train --float`); it is " +
+                $"{(header.Float ? "the float twin" : "a binary network")} of {header.Arch} ×{header.Width} with {header.Classes} classes");
+        }
+        return new Distillation(path, options.DistillWeight, options.DistillTemperature);
     }
 
     /// <summary>
@@ -159,7 +179,7 @@ public static class Trainer
     /// flat. Returns the mean loss and accuracy over the epoch.
     /// </summary>
     internal static (double Loss, double Accuracy) TrainEpoch(BinaryNetwork net, optim.Optimizer optimizer, ImageSet train, int batchSize,
-        int batches, Random? augment, Random shuffle, Action? afterStep, Action<int, double, double>? report)
+        int batches, Random? augment, Random shuffle, Action? afterStep, Distillation? distillation, Action<int, double, double>? report)
     {
         var order = Enumerable.Range(0, train.Count).ToArray();
         shuffle.Shuffle(order);
@@ -175,7 +195,7 @@ public static class Trainer
             using var x = tensor(input, [batchSize, train.Channels, train.Height, train.Width]);
             using var y = tensor(labels);
             var logits = net.forward(x);
-            var loss = nn.functional.cross_entropy(logits, y);
+            var loss = distillation?.Loss(x, logits, y) ?? nn.functional.cross_entropy(logits, y);
             optimizer.zero_grad();
             loss.backward();
             optimizer.step();

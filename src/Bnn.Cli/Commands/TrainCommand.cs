@@ -27,9 +27,13 @@ internal static class TrainCommand
         var channelsLast = new Option<bool?>("--channels-last") { Description = "run convs channels-last (default: on for binarynet-vgg, where it measured 1.26× faster; off for cnv)" };
         var bf16 = new Option<bool?>("--bf16-convs") { Description = "multiply binary convs in bfloat16 while training (exact ±1 products, float32 weights and evaluation; default: on for binarynet-vgg where the CPU has bfloat16 dot products)" };
         var keepEpochs = new Option<bool>("--keep-epochs") { Description = "also keep each epoch's weights as M.epochNNN.ckpt (for `bnn average`)" };
+        var isFloat = new Option<bool>("--float") { Description = "train the architecture's float twin (real weights, ReLU) as a distillation teacher; writes checkpoints, no model" };
+        var teacher = new Option<string?>("--teacher") { Description = "distill from this float twin's checkpoint (from `bnn train --float`)" };
+        var distillWeight = new Option<double>("--distill-weight") { Description = "α: the teacher's share of the loss", DefaultValueFactory = _ => 0.5 };
+        var distillTemperature = new Option<double>("--distill-temperature") { Description = "T: the softmax temperature of the teacher's term", DefaultValueFactory = _ => 4.0 };
         var command = new Command("train", "Train a BNN with TorchSharp and write a bit-packed model file")
         {
-            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16, keepEpochs,
+            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16, keepEpochs, isFloat, teacher, distillWeight, distillTemperature,
         };
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
@@ -51,6 +55,10 @@ internal static class TrainCommand
                 ChannelsLast = parse.GetValue(channelsLast),
                 Bf16BinaryConvs = parse.GetValue(bf16),
                 KeepEpochCheckpoints = parse.GetValue(keepEpochs),
+                Float = parse.GetValue(isFloat),
+                Teacher = parse.GetValue(teacher),
+                DistillWeight = parse.GetValue(distillWeight),
+                DistillTemperature = parse.GetValue(distillTemperature),
             };
             if (options.Epochs < 0 || options.BatchSize <= 0 || !(options.Width > 0))
             {
@@ -59,6 +67,18 @@ internal static class TrainCommand
             if (options.Resume is not null && !File.Exists(options.Resume))
             {
                 throw new UsageException($"--resume: checkpoint {options.Resume} not found");
+            }
+            if (options.Teacher is not null && !File.Exists(options.Teacher))
+            {
+                throw new UsageException($"--teacher: checkpoint {options.Teacher} not found");
+            }
+            if (options.Float && options.Teacher is not null)
+            {
+                throw new UsageException("--float trains a teacher; it cannot take --teacher");
+            }
+            if (!(options.DistillWeight is >= 0 and <= 1) || !(options.DistillTemperature > 0))
+            {
+                throw new UsageException("--distill-weight must be in [0, 1] and --distill-temperature > 0");
             }
             var result = RunWithProgress(io, options);
             var best = result.History.FirstOrDefault(h => h.Epoch == result.BestEpoch);

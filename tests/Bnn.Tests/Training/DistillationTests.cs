@@ -1,0 +1,88 @@
+using Bnn.Data;
+using Bnn.Model;
+using Bnn.Training;
+using static TorchSharp.torch;
+
+namespace Bnn.Tests.Training;
+
+/// <summary>The float twin and distillation from it, against their definitions, and end to end on generated data.</summary>
+[Collection("torch")]
+public sealed class DistillationTests
+{
+    [Fact]
+    public void FloatTwinStage_IsConvThenBatchNormThenReluOnTheRealWeights()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(4);
+        var specs = new LayerSpec[] { new ConvSpec(6, 3, 1, 0), new ConvSpec(5, 3, 1, 1), new OutputSpec(4) };
+        using var net = new BinaryNetwork(specs, inChannels: 2, inputSize: 9, binarized: false);
+        net.eval();
+        var stage = (BinaryNetwork.ConvStage)net.Stages[1];
+        var x = randn(3, 6, 7, 7);
+
+        // The ±1 pad value of binary layers is kept, so that the twin sees the same borders
+        var expected = nn.functional.relu(stage.Norm.forward(
+            nn.functional.conv2d(nn.functional.pad(x, [1, 1, 1, 1], value: 1), stage.Weight, null, [1, 1], [0, 0])));
+        Assert.True(stage.forward(x).allclose(expected, rtol: 1e-5, atol: 1e-6));
+        Assert.False(net.Binarized);
+        Assert.False(net.Bf16BinaryConvs);
+    }
+
+    [Fact]
+    public void Loss_MixesCrossEntropyWithTheTemperatureScaledKlDivergence()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(6);
+        var student = randn(5, 4) * 3;
+        var teacher = randn(5, 4) * 3;
+        var y = tensor(new long[] { 0, 1, 2, 3, 1 });
+        var ce = nn.functional.cross_entropy(student, y).item<float>();
+
+        // α = 0 is cross-entropy alone; a student equal to its teacher has no soft loss
+        Assert.Equal(ce, Distillation.Loss(student, teacher, y, 0, 4).item<float>(), 5);
+        Assert.Equal(0f, Distillation.Loss(teacher, teacher, y, 1, 4).item<float>(), 5);
+
+        // Otherwise the soft term is T²·mean over images of Σ p_t (log p_t − log p_s), at temperature T
+        double t = 3;
+        var pt = (teacher / t).softmax(1);
+        var kl = (pt * ((teacher / t).log_softmax(1) - (student / t).log_softmax(1))).sum(1).mean().item<float>();
+        double expected = (0.25 * ce) + (0.75 * t * t * kl);
+        Assert.Equal(expected, Distillation.Loss(student, teacher, y, 0.75, t).item<float>(), 4);
+    }
+
+    [Fact]
+    public void TrainSmoke_FloatTeacherThenDistilledStudent_ExportsAModelTheEngineReproducesExactly()
+    {
+        // Given a float twin trained briefly as a teacher
+        using var dir = new TempDirectory();
+        var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 41, seed: 11, batches: 3);
+        var teacher = Trainer.Train(options with { Float = true, Out = dir.File("teacher.bnn") });
+
+        // Then it has checkpoints but no bit-packed model, and refuses export
+        Assert.True(Checkpoint.ReadHeader(teacher.BestCheckpointPath).Float);
+        Assert.False(File.Exists(dir.File("teacher.bnn")));
+        var refusal = Assert.Throws<BnnDataException>(() => Exporter.FromCheckpoint(teacher.BestCheckpointPath));
+        Assert.Contains("float", refusal.Message, StringComparison.Ordinal);
+
+        // When a BNN distills from it, then resumes (the teacher is remembered by the checkpoint)
+        var student = Trainer.Train(options with { Teacher = teacher.BestCheckpointPath });
+        var resumed = Trainer.Train(options with { Epochs = 2, Resume = student.CheckpointPath });
+
+        // Then the student records its teacher, and the engine reproduces its exported model exactly
+        Assert.Equal(teacher.BestCheckpointPath, Checkpoint.ReadHeader(resumed.CheckpointPath).Teacher);
+        Assert.Equal(2, resumed.History.Count);
+        using var net = Exporter.LoadNetwork(resumed.BestCheckpointPath);
+        TrainingTests.AssertEngineMatchesTorch(net, ModelFile.Load(dir.File("m.bnn")), Datasets.Load("cifar10", dir.Path, "test"));
+    }
+
+    [Fact]
+    public void Train_RefusesABinaryNetworkAsTeacher()
+    {
+        using var dir = new TempDirectory();
+        var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 43, seed: 12, batches: 1);
+        var binary = Trainer.Train(options with { Out = dir.File("binary.bnn") });
+
+        var error = Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Teacher = binary.CheckpointPath }));
+        Assert.Contains("float twin", error.Message, StringComparison.Ordinal);
+    }
+}
