@@ -67,6 +67,10 @@ public static class Trainer
         int valCount = validation.Count;
 
         torch.manual_seed(seed);
+        if (resumed is not null && options.Float && !resumed.Float)
+        {
+            throw new ArgumentException($"--float: {options.Resume} is a binary network's checkpoint", nameof(options));
+        }
         bool isFloat = resumed?.Float ?? options.Float;
         string? teacherPath = options.Teacher ?? resumed?.Teacher;
         if (isFloat && teacherPath is not null)
