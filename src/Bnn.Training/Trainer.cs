@@ -69,13 +69,13 @@ public static class Trainer
         torch.manual_seed(seed);
         if (resumed is not null && options.Float && !resumed.Float)
         {
-            throw new ArgumentException($"--float: {options.Resume} is a binary network's checkpoint", nameof(options));
+            throw new BnnDataException($"{options.Resume} is a binary network's checkpoint; --float cannot resume it");
         }
         bool isFloat = resumed?.Float ?? options.Float;
         string? teacherPath = options.Teacher ?? resumed?.Teacher;
         if (isFloat && teacherPath is not null)
         {
-            throw new ArgumentException("a float twin is the teacher; it does not distill from one", nameof(options));
+            throw new BnnDataException("a float twin is the teacher; it does not distill from one (--float with --teacher)");
         }
         using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: options.UsesChannelsLast(arch),
             bf16BinaryConvs: options.UsesBf16BinaryConvs(arch), binarized: !isFloat);
