@@ -32,8 +32,11 @@ internal sealed record CheckpointHeader
     public int? RecalibrationImages { get; init; }
     /// <summary>True for a float twin (<c>bnn train --float</c>), a distillation teacher that has no bit-packed model.</summary>
     public bool Float { get; init; }
-    /// <summary>The teacher checkpoint the run distilled from, if any.</summary>
+    /// <summary>The teacher checkpoint the run distilled from (full path), if any.</summary>
     public string? Teacher { get; init; }
+    /// <summary>α and T of the distillation loss, when <see cref="Teacher"/> is set.</summary>
+    public double? DistillWeight { get; init; }
+    public double? DistillTemperature { get; init; }
 }
 
 /// <summary>

@@ -72,14 +72,16 @@ public static class Trainer
             throw new BnnDataException($"{options.Resume} is a binary network's checkpoint; --float cannot resume it");
         }
         bool isFloat = resumed?.Float ?? options.Float;
-        string? teacherPath = options.Teacher ?? resumed?.Teacher;
+        string? teacherPath = options.Teacher is null ? resumed?.Teacher : Path.GetFullPath(options.Teacher);
         if (isFloat && teacherPath is not null)
         {
             throw new BnnDataException("a float twin is the teacher; it does not distill from one (--float with --teacher)");
         }
         using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: options.UsesChannelsLast(arch),
             bf16BinaryConvs: options.UsesBf16BinaryConvs(arch), binarized: !isFloat);
-        using var distillation = teacherPath is null ? null : OpenTeacher(teacherPath, arch, width, all.Classes, options);
+        // As with the learning rate, a resumed run keeps the distillation settings it started with.
+        using var distillation = teacherPath is null ? null : OpenTeacher(teacherPath, arch, width, all.Classes,
+            resumed?.DistillWeight ?? options.DistillWeight, resumed?.DistillTemperature ?? options.DistillTemperature);
         var optimizer = optim.Adam(net.parameters(), lr0);
         if (resumed is not null)
         {
@@ -130,6 +132,7 @@ public static class Trainer
                 Seed = seed, Epochs = epochs, LearningRate = lr0, BatchSize = batchSize, ValidationCount = valCount,
                 CompletedEpochs = epoch + 1, BestEpoch = bestEpoch, BestValidationAccuracy = bestAccuracy,
                 History = history, HasOptimizerState = true, Float = isFloat, Teacher = teacherPath,
+                DistillWeight = distillation?.Weight, DistillTemperature = distillation?.Temperature,
             };
             if (valAccuracy > bestAccuracy)
             {
@@ -153,7 +156,7 @@ public static class Trainer
         return new TrainResult(latestPath, bestPath, logPath, history, bestEpoch);
     }
 
-    private static Distillation OpenTeacher(string path, string arch, double width, int classes, TrainOptions options)
+    private static Distillation OpenTeacher(string path, string arch, double width, int classes, double weight, double temperature)
     {
         var header = Checkpoint.ReadHeader(path);
         if (!header.Float || header.Arch != arch || header.Width != width || header.Classes != classes)
@@ -162,7 +165,7 @@ public static class Trainer
                 $"{path}: a teacher must be the float twin of {arch} ×{width} with {classes} classes (`bnn train --float`); it is " +
                 $"{(header.Float ? "the float twin" : "a binary network")} of {header.Arch} ×{header.Width} with {header.Classes} classes");
         }
-        return new Distillation(path, options.DistillWeight, options.DistillTemperature);
+        return new Distillation(path, weight, temperature);
     }
 
     /// <summary>

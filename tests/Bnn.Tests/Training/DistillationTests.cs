@@ -65,11 +65,13 @@ public sealed class DistillationTests
         Assert.Contains("float", refusal.Message, StringComparison.Ordinal);
 
         // When a BNN distills from it, then resumes (the teacher is remembered by the checkpoint)
-        var student = Trainer.Train(options with { Teacher = teacher.BestCheckpointPath });
+        var student = Trainer.Train(options with { Teacher = teacher.BestCheckpointPath, DistillWeight = 0.7, DistillTemperature = 2 });
         var resumed = Trainer.Train(options with { Epochs = 2, Resume = student.CheckpointPath });
 
         // Then the student records its teacher, and the engine reproduces its exported model exactly
-        Assert.Equal(teacher.BestCheckpointPath, Checkpoint.ReadHeader(resumed.CheckpointPath).Teacher);
+        var header = Checkpoint.ReadHeader(resumed.CheckpointPath);
+        Assert.Equal(teacher.BestCheckpointPath, header.Teacher);
+        Assert.Equal((0.7, 2.0), (header.DistillWeight, header.DistillTemperature));
         Assert.Equal(2, resumed.History.Count);
         using var net = Exporter.LoadNetwork(resumed.BestCheckpointPath);
         TrainingTests.AssertEngineMatchesTorch(net, ModelFile.Load(dir.File("m.bnn")), Datasets.Load("cifar10", dir.Path, "test"));
