@@ -91,6 +91,10 @@ public static class Trainer
         var history = new List<EpochRecord>(resumed?.History ?? []);
         int bestEpoch = resumed?.BestEpoch ?? -1;
         double bestAccuracy = resumed?.BestValidationAccuracy ?? double.NegativeInfinity;
+        if (bestEpoch > 0 && !File.Exists(bestPath))
+        {
+            CarryBestCheckpoint(options.Resume!, bestEpoch, bestPath);
+        }
         double wallBefore = history.Count > 0 ? history[^1].WallSeconds : 0;
         var wall = Stopwatch.StartNew();
         int batches = train.Count / batchSize;
@@ -154,6 +158,21 @@ public static class Trainer
             ModelFile.Save(Exporter.FromCheckpoint(bestPath), options.Out);
         }
         return new TrainResult(latestPath, bestPath, logPath, history, bestEpoch);
+    }
+
+    /// <summary>
+    /// A run resumed into a new --out must bring its best epoch's weights along: the best is only rewritten when a new
+    /// epoch beats it, so otherwise a run whose new epochs never did would end with no model to export.
+    /// </summary>
+    private static void CarryBestCheckpoint(string resumedFrom, int bestEpoch, string bestPath)
+    {
+        var source = CompanionPaths(resumedFrom).Best;
+        if (!File.Exists(source) || Checkpoint.ReadHeader(source).CompletedEpochs != bestEpoch)
+        {
+            throw new BnnDataException(
+                $"{resumedFrom}: its best epoch ({bestEpoch}) is not in {source}; put that epoch's checkpoint at {bestPath} to resume into this --out");
+        }
+        File.Copy(source, bestPath);
     }
 
     private static Distillation OpenTeacher(string path, string arch, double width, int classes, double weight, double temperature)

@@ -195,6 +195,35 @@ public sealed class TrainingTests
     }
 
     [Fact]
+    public void Resume_IntoANewOut_CarriesTheBestEpochAlong()
+    {
+        using var dir = new TempDirectory();
+        var options = TinyCnv(dir, perBatch: 100, dataSeed: 23, seed: 5, batches: 2);
+        var first = Trainer.Train(options);
+
+        // When resumed into another --out with no epoch left to beat the carried best (the worst case: nothing new)
+        var second = Trainer.Train(options with { Resume = first.CheckpointPath, Out = dir.File("next.bnn") });
+
+        // Then the new out holds the same best weights, and its model is that epoch's export
+        Assert.Equal(dir.File("next.best.ckpt"), second.BestCheckpointPath);
+        Assert.Equal(File.ReadAllBytes(first.BestCheckpointPath), File.ReadAllBytes(second.BestCheckpointPath));
+        Assert.Equal(File.ReadAllBytes(dir.File("m.bnn")), File.ReadAllBytes(dir.File("next.bnn")));
+    }
+
+    [Fact]
+    public void Resume_IntoANewOut_WithoutTheBestCheckpoint_IsAClearErrorBeforeTraining()
+    {
+        using var dir = new TempDirectory();
+        var options = TinyCnv(dir, perBatch: 100, dataSeed: 23, seed: 5, batches: 2);
+        var first = Trainer.Train(options);
+        File.Delete(first.BestCheckpointPath);
+
+        var e = Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Epochs = 2, Resume = first.CheckpointPath, Out = dir.File("next.bnn") }));
+        Assert.Contains("m.best.ckpt", e.Message);
+        Assert.False(File.Exists(dir.File("next.ckpt")));
+    }
+
+    [Fact]
     public void SharingFineTune_KeepsEveryMergedClassTied_AndReportsEngineAccuracy()
     {
         // Given a briefly trained CNV and its radius-1 merge
