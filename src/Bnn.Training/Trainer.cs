@@ -172,7 +172,10 @@ public static class Trainer
             throw new BnnDataException(
                 $"{resumedFrom}: its best epoch ({bestEpoch}) is not in {source}; put that epoch's checkpoint at {bestPath} to resume into this --out");
         }
-        File.Copy(source, bestPath);
+        // Through a temporary file, as every checkpoint write: a run killed mid-copy must not leave a torn best behind.
+        var partial = bestPath + ".tmp";
+        File.Copy(source, partial, overwrite: true);
+        File.Move(partial, bestPath);
     }
 
     private static Distillation OpenTeacher(string path, string arch, double width, int classes, double weight, double temperature)
