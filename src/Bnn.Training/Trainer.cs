@@ -50,6 +50,11 @@ public static class Trainer
         Directory.CreateDirectory(Path.GetDirectoryName(latestPath)!);
 
         CheckpointHeader? resumed = options.Resume is null ? null : Checkpoint.ReadHeader(options.Resume);
+        // Checked before the dataset loads, so a resume that cannot end in an export fails at once.
+        if (resumed is not null && resumed.BestEpoch > 0 && !File.Exists(bestPath))
+        {
+            CarryBestCheckpoint(options.Resume!, resumed.BestEpoch, bestPath);
+        }
         var arch = resumed?.Arch ?? options.Arch;
         var width = resumed?.Width ?? options.Width;
         int seed = resumed?.Seed ?? options.Seed;
@@ -91,10 +96,6 @@ public static class Trainer
         var history = new List<EpochRecord>(resumed?.History ?? []);
         int bestEpoch = resumed?.BestEpoch ?? -1;
         double bestAccuracy = resumed?.BestValidationAccuracy ?? double.NegativeInfinity;
-        if (bestEpoch > 0 && !File.Exists(bestPath))
-        {
-            CarryBestCheckpoint(options.Resume!, bestEpoch, bestPath);
-        }
         double wallBefore = history.Count > 0 ? history[^1].WallSeconds : 0;
         var wall = Stopwatch.StartNew();
         int batches = train.Count / batchSize;
