@@ -7,7 +7,8 @@ using Bnn.Model;
 namespace Bnn.Engine;
 
 /// <summary>
-/// The first layer on 8-bit pixels with VNNI (<c>vpdpbusd</c>: four u8 x s8 products summed into each int32 lane). Under
+/// The first layer on 8-bit pixels with VNNI (<c>vpdpbusd</c>: four u8 x s8 products summed into each int32 lane; without
+/// AVX-VNNI, its exact AVX2 equivalent, <see cref="DotAdd"/>). Under
 /// the standard pixel code the level is 2p − 255, so Σ w·(2p − 255) = 2·Σ w·p − 255·Σ w: the raw pixels p go straight
 /// into the instruction, the weights ±1 are s8, and the constant 255·Σ w per filter is folded into the bounds, exactly.
 /// <para>Pixels are laid out (H, W, C) so that one kernel row's kw·C bytes are contiguous; they are read as dwords
@@ -37,11 +38,12 @@ internal sealed class VnniInputConvStep : PackedStep
     private readonly bool sixteenBit;
 
     /// <summary>
-    /// Whether this step runs <paramref name="layer"/>: AVX-VNNI present, the standard pixel code (raw pixels are what the
+    /// Whether this step runs <paramref name="layer"/>: AVX2 present (AVX-VNNI's <c>vpdpbusd</c> where the CPU has it, else
+    /// its exact three-instruction equivalent, <see cref="DotAdd"/>), the standard pixel code (raw pixels are what the
     /// instruction multiplies), K a multiple of 8.
     /// </summary>
     public static bool Supports(ConvLayer layer) =>
-        AvxVnni.IsSupported && layer.IsInputLayer && layer.PixelLevels is null && layer.OutChannels % FiltersPerVector == 0;
+        Avx2.IsSupported && layer.IsInputLayer && layer.PixelLevels is null && layer.OutChannels % FiltersPerVector == 0;
 
     /// <summary>
     /// Whether groups of 32 filters run on 512-bit 16-bit lanes (<see cref="Wide32"/>): AVX-512BW present and no sum of
@@ -251,19 +253,19 @@ internal sealed class VnniInputConvStep : PackedStep
                 var x1 = Vector256.Create(Unsafe.ReadUnaligned<int>(ref Unsafe.Add(ref row1, g * 4))).AsByte();
                 ref sbyte wg = ref Unsafe.Add(ref w, ((ky * groups) + g) * perTap);
                 var w0v = Vector256.LoadUnsafe(ref wg);
-                a0 = AvxVnni.MultiplyWideningAndAdd(a0, x0, w0v);
-                b0 = AvxVnni.MultiplyWideningAndAdd(b0, x1, w0v);
+                a0 = DotAdd(a0, x0, w0v);
+                b0 = DotAdd(b0, x1, w0v);
                 if (count == 4)
                 {
                     var w1v = Vector256.LoadUnsafe(ref wg, 32);
                     var w2v = Vector256.LoadUnsafe(ref wg, 64);
                     var w3v = Vector256.LoadUnsafe(ref wg, 96);
-                    a1 = AvxVnni.MultiplyWideningAndAdd(a1, x0, w1v);
-                    b1 = AvxVnni.MultiplyWideningAndAdd(b1, x1, w1v);
-                    a2 = AvxVnni.MultiplyWideningAndAdd(a2, x0, w2v);
-                    b2 = AvxVnni.MultiplyWideningAndAdd(b2, x1, w2v);
-                    a3 = AvxVnni.MultiplyWideningAndAdd(a3, x0, w3v);
-                    b3 = AvxVnni.MultiplyWideningAndAdd(b3, x1, w3v);
+                    a1 = DotAdd(a1, x0, w1v);
+                    b1 = DotAdd(b1, x1, w1v);
+                    a2 = DotAdd(a2, x0, w2v);
+                    b2 = DotAdd(b2, x1, w2v);
+                    a3 = DotAdd(a3, x0, w3v);
+                    b3 = DotAdd(b3, x1, w3v);
                 }
             }
         }
@@ -308,6 +310,17 @@ internal sealed class VnniInputConvStep : PackedStep
         ulong ge32B = Compare16(b0, b, ref boundsB) | (Compare16(b1, b + 2, ref boundsB) << 16);
         return (ge32A, ge32B);
     }
+
+    /// <summary>
+    /// acc + four u8 x s8 products per int32 lane: <c>vpdpbusd</c> with AVX-VNNI. Zen 4 has VNNI only in its EVEX form,
+    /// which .NET 10 does not expose, so elsewhere <c>vpmaddubsw</c> sums the products in pairs (|p·w| ≤ 255: a pair
+    /// cannot saturate) and <c>vpmaddwd</c> by ones widens the pairs: the same int32 sums, exactly.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> DotAdd(Vector256<int> acc, Vector256<byte> pixels, Vector256<sbyte> weights) =>
+        AvxVnni.IsSupported
+            ? AvxVnni.MultiplyWideningAndAdd(acc, pixels, weights)
+            : acc + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(pixels, weights), Vector256<short>.One);
 
     /// <summary>16 filters' pair sums (two 16-bit lanes each) added into dot products and compared: 16 bits.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -52,7 +52,7 @@ public sealed class ImageSplitTests
             }
             input = expected;
         }
-        // The input layer splits with AVX-VNNI (absent on Zen 4), the larger binary convs with AVX-512BW; where the
+        // The input layer splits with AVX2 (VNNI or its equivalent), the larger binary convs with AVX-512BW; where the
         // machine has them, they must have split, or the test proves nothing here.
         int mustSplit = (VnniInputConvStep.Supports((ConvLayer)model.Layers[0]) ? 1 : 0) + (FilterBlockedPopCount.IsAccelerated ? 1 : 0);
         Assert.True(split >= mustSplit, $"{split} steps split, {mustSplit} expected");
