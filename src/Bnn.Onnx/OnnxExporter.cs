@@ -1,4 +1,5 @@
 using Bnn.Data;
+using Bnn.IO;
 using Bnn.Model;
 using Bnn.Onnx.Proto;
 using Google.Protobuf;
@@ -25,10 +26,7 @@ public static class OnnxExporter
     public static void Save(BnnModel model, string path)
     {
         ArgumentNullException.ThrowIfNull(path);
-        var bytes = Export(model).ToByteArray();
-        string tmp = path + ".tmp";
-        File.WriteAllBytes(tmp, bytes);
-        File.Move(tmp, path, overwrite: true);
+        AtomicFile.WriteAllBytes(path, Export(model).ToByteArray());
     }
 
     /// <summary>The ONNX model bytes of <paramref name="model"/>.</summary>

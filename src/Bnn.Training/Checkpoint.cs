@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using Bnn.Data;
+using Bnn.IO;
 using TorchSharp.Modules;
 
 namespace Bnn.Training;
@@ -50,20 +51,16 @@ internal static class Checkpoint
 
     public static void Write(string path, CheckpointHeader header, BinaryNetwork net, Adam? optimizer)
     {
-        var tmp = path + ".tmp";
-        using (var stream = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None))
-        using (var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true))
+        AtomicFile.Write(path, stream =>
         {
+            using var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
             writer.Write(Magic);
             var json = JsonSerializer.SerializeToUtf8Bytes(header with { HasOptimizerState = optimizer is not null });
             writer.Write(json.Length);
             writer.Write(json);
             net.save(writer);
             optimizer?.save_state_dict(writer);
-            writer.Flush();
-            stream.Flush(flushToDisk: true);
-        }
-        File.Move(tmp, path, overwrite: true);
+        });
     }
 
     public static CheckpointHeader ReadHeader(string path)

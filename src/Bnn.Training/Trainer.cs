@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using Bnn.Data;
+using Bnn.IO;
 using Bnn.Model;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -173,10 +174,8 @@ public static class Trainer
             throw new BnnDataException(
                 $"{resumedFrom}: its best epoch ({bestEpoch}) is not in {source}; put that epoch's checkpoint at {bestPath} to resume into this --out");
         }
-        // Through a temporary file, as every checkpoint write: a run killed mid-copy must not leave a torn best behind.
-        var partial = bestPath + ".tmp";
-        File.Copy(source, partial, overwrite: true);
-        File.Move(partial, bestPath);
+        // Atomic, as every checkpoint write: a run killed mid-copy must not leave a torn best behind.
+        AtomicFile.Copy(source, bestPath);
     }
 
     private static Distillation OpenTeacher(string path, string arch, double width, int classes, double weight, double temperature)
@@ -349,7 +348,6 @@ public static class Trainer
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
                 $"{r.Epoch},{r.TrainLoss:F5},{r.TrainAccuracy:F5},{r.ValidationLoss:F5},{r.ValidationAccuracy:F5},{r.LearningRate:G6},{r.EpochSeconds:F1},{r.WallSeconds:F1},{r.PeakRssMb:F0}"));
         }
-        File.WriteAllText(path + ".tmp", sb.ToString());
-        File.Move(path + ".tmp", path, overwrite: true);
+        AtomicFile.WriteAllText(path, sb.ToString());
     }
 }

@@ -78,13 +78,10 @@ internal static class CommonOptions
     /// <summary>Writes a JSON document atomically.</summary>
     public static void WriteJson(string path, Action<System.Text.Json.Utf8JsonWriter> write)
     {
-        var full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        using (var stream = System.IO.File.Create(full + ".tmp"))
-        using (var w = new System.Text.Json.Utf8JsonWriter(stream, new System.Text.Json.JsonWriterOptions { Indented = true }))
+        Bnn.IO.AtomicFile.Write(path, stream =>
         {
+            using var w = new System.Text.Json.Utf8JsonWriter(stream, new System.Text.Json.JsonWriterOptions { Indented = true });
             write(w);
-        }
-        System.IO.File.Move(full + ".tmp", full, overwrite: true);
+        });
     }
 }

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using Bnn.Data;
+using Bnn.IO;
 
 namespace Bnn.Model;
 
@@ -68,12 +69,7 @@ public static class ModelFile
     public static void Save(BnnModel model, string path)
     {
         ArgumentNullException.ThrowIfNull(model);
-        var bytes = Write(model);
-        var full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        var tmp = full + ".tmp";
-        File.WriteAllBytes(tmp, bytes);
-        File.Move(tmp, full, overwrite: true);
+        AtomicFile.WriteAllBytes(path, Write(model));
     }
 
     /// <summary>Serializes a model to bytes.</summary>
