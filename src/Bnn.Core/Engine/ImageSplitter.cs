@@ -7,7 +7,7 @@ namespace Bnn.Engine;
 /// <para>The helper is a thread-pool work item that lives for one image and busy-waits between steps (a step takes a
 /// few µs, less than a thread's wake-up). Each half-step is claimed by a compare-and-swap on its generation number,
 /// and the caller claims the second half itself when the helper has not, so a late or absent helper (a busy pool)
-/// costs speed, never progress. Not for concurrent use: one image at a time, like the engine's first workspace.</para>
+/// costs speed, never progress. Not for concurrent use: the engine lends it to one <c>Score</c> call at a time.</para>
 /// <para>Measured on the CNV (Zen 5, <c>bnn bench</c> at batch 1): 15,500 images/s on one thread, 26,580 on two
 /// (1.7x). The halves take 10-25 % longer than half a step, as each core reads activations the other wrote; pooling
 /// and the small late layers stay on one thread.</para>

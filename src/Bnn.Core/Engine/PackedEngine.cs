@@ -11,15 +11,17 @@ namespace Bnn.Engine;
 /// The bit-packed dense engine ("fast"): activations packed along channels (see <see cref="BitConvention"/>),
 /// XNOR-popcount through <see cref="XorPopCount"/>, parallel over images (or, for one image with threads to spare,
 /// over each image's positions), and per-worker buffers reused across images so the steady state allocates nothing.
-/// One instance serves one <see cref="Score"/> call at a time: callers that score concurrently need an instance each.
+/// Concurrent <see cref="Score"/> calls on one instance are safe: each call rents its own workspaces from a pool,
+/// which grows to the largest number in use at once; only one call at a time splits an image across threads.
 /// </summary>
 public sealed class PackedEngine : IEngine
 {
     private readonly PackedStep[] steps;
     private readonly Lock workspaceLock = new();
-    private readonly List<Workspace> workspaces = [];
+    private readonly Stack<Workspace> idleWorkspaces = [];
     private readonly bool splits;
     private ImageSplitter? splitter;
+    private int splitterInUse;
 
     /// <summary>Compiles <paramref name="model"/> for packed execution with the given popcount kernel.</summary>
     public PackedEngine(BnnModel model, PopCountKernel kernel = PopCountKernel.Auto)
@@ -81,11 +83,22 @@ public sealed class PackedEngine : IEngine
         {
             // The single-threaded path allocates nothing: the steady state is 0 bytes per image (see bench/). One image
             // with threads to spare is split across two (ImageSplitter), which allocates nothing either.
-            var single = FirstWorkspace();
-            var split = threads >= 2 && splits ? Splitter() : null;
-            for (int i = 0; i < count; i++)
+            var single = RentWorkspace();
+            var split = threads >= 2 && splits ? TryRentSplitter() : null;
+            try
             {
-                ScoreImage(images.Image(start + i), single, scores.Slice(i * classes, classes), split: split);
+                for (int i = 0; i < count; i++)
+                {
+                    ScoreImage(images.Image(start + i), single, scores.Slice(i * classes, classes), split: split);
+                }
+            }
+            finally
+            {
+                if (split is not null)
+                {
+                    Volatile.Write(ref splitterInUse, 0);
+                }
+                ReturnWorkspace(single);
             }
             return;
         }
@@ -97,12 +110,26 @@ public sealed class PackedEngine : IEngine
     private int[] ScoreParallel(ImageSet images, int start, int count, int workers)
     {
         int classes = Model.Classes;
-        var ws = Workspaces(workers);
-        // A span cannot be captured by the worker lambda; one array per call (not per image) is the price.
-        var shared = new int[count * classes];
-        EngineExtensions.ForEachImage(start, count, workers, (i, w) =>
-            ScoreImage(images.Image(i), ws[w], shared.AsSpan((i - start) * classes, classes)));
-        return shared;
+        var ws = new Workspace[workers];
+        for (int w = 0; w < workers; w++)
+        {
+            ws[w] = RentWorkspace();
+        }
+        try
+        {
+            // A span cannot be captured by the worker lambda; one array per call (not per image) is the price.
+            var shared = new int[count * classes];
+            EngineExtensions.ForEachImage(start, count, workers, (i, w) =>
+                ScoreImage(images.Image(i), ws[w], shared.AsSpan((i - start) * classes, classes)));
+            return shared;
+        }
+        finally
+        {
+            foreach (var w in ws)
+            {
+                ReturnWorkspace(w);
+            }
+        }
     }
 
     /// <summary>
@@ -114,11 +141,18 @@ public sealed class PackedEngine : IEngine
         ArgumentNullException.ThrowIfNull(images);
         EngineExtensions.CheckInput(Model, images, 0, count, count * Model.Classes);
         var ticks = new long[steps.Length];
-        var ws = FirstWorkspace();
+        var ws = RentWorkspace();
         var scores = new int[Model.Classes];
-        for (int i = 0; i < count; i++)
+        try
         {
-            ScoreImage(images.Image(i), ws, scores, ticks);
+            for (int i = 0; i < count; i++)
+            {
+                ScoreImage(images.Image(i), ws, scores, ticks);
+            }
+        }
+        finally
+        {
+            ReturnWorkspace(ws);
         }
         return ticks.Select(t => (double)t / System.Diagnostics.Stopwatch.Frequency).ToArray();
     }
@@ -165,35 +199,25 @@ public sealed class PackedEngine : IEngine
         }
     }
 
-    private ImageSplitter Splitter()
+    /// <summary>The splitter, or null while another call holds it (that call's images are split; this one's are not).</summary>
+    private ImageSplitter? TryRentSplitter() => Interlocked.Exchange(ref splitterInUse, 1) == 0
+        ? splitter ??= new ImageSplitter(steps.Max(s => s.AccumulatorCount))
+        : null;
+
+    // A lock, not a lock-free collection: a Score call takes it twice, and the steady state must allocate nothing.
+    private Workspace RentWorkspace()
     {
         lock (workspaceLock)
         {
-            return splitter ??= new ImageSplitter(steps.Max(s => s.AccumulatorCount));
+            return idleWorkspaces.TryPop(out var ws) ? ws : new Workspace(steps);
         }
     }
 
-    private Workspace FirstWorkspace()
+    private void ReturnWorkspace(Workspace ws)
     {
         lock (workspaceLock)
         {
-            if (workspaces.Count == 0)
-            {
-                workspaces.Add(new Workspace(steps));
-            }
-            return workspaces[0];
-        }
-    }
-
-    private Workspace[] Workspaces(int workers)
-    {
-        lock (workspaceLock)
-        {
-            while (workspaces.Count < workers)
-            {
-                workspaces.Add(new Workspace(steps));
-            }
-            return [.. workspaces.Take(workers)];
+            idleWorkspaces.Push(ws);
         }
     }
 
