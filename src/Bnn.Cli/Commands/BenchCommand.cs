@@ -80,13 +80,13 @@ internal static class BenchCommand
                 (engine as IDisposable)?.Dispose();
             }
             var roofline = Roofline.Measure();
-            var layers = ProfileLayers(m, set, roofline.Peak);
+            var (layers, convChoices) = ProfileLayers(m, set, roofline.Peak);
             // Per layer, the plane conv's own time (every supported layer forced shared) beside the dense one, and what the shared engine chose.
             var sharedLayers = names.Contains("shared") ? ProfileShared(planned, set) : null;
-            io.Out.Write(Render(rows, layers, roofline, m, names.Contains("shared") && planned != m, sharedLayers, choices));
+            io.Out.Write(Render(rows, layers, roofline, m, names.Contains("shared") && planned != m, sharedLayers, choices, convChoices));
             if (parse.GetValue(json) is string jsonPath)
             {
-                CommonOptions.WriteJson(jsonPath, w => WriteJson(w, path, rows, layers, roofline, choices));
+                CommonOptions.WriteJson(jsonPath, w => WriteJson(w, path, rows, layers, roofline, choices, convChoices));
             }
             return BnnApp.Ok;
         }));
@@ -151,21 +151,23 @@ internal static class BenchCommand
         return engine.ProfileLayers(images, count).Select(t => t / count).ToArray();
     }
 
-    private static List<LayerRow> ProfileLayers(BnnModel m, ImageSet images, double peak)
+    private static (List<LayerRow> Layers, IReadOnlyList<ConvKernelChoice> ConvChoices) ProfileLayers(BnnModel m, ImageSet images, double peak)
     {
         var engine = new PackedEngine(m);
         engine.ProfileLayers(images, Math.Min(images.Count, 16));
         var seconds = engine.ProfileLayers(images, images.Count);
-        return Enumerable.Range(0, m.Layers.Count).Select(i =>
+        var sliced = engine.ConvChoices.Where(c => c.BitSliced).Select(c => c.Layer).ToHashSet();
+        return (Enumerable.Range(0, m.Layers.Count).Select(i =>
         {
             long ops = CostModel.LayerTapOps(m, i);
             double achieved = ops * (double)images.Count / Math.Max(seconds[i], 1e-12);
-            return new LayerRow(i, m.Layers[i] is ConvLayer { IsInputLayer: true } ? "input-conv" : m.Layers[i].Kind, ops, seconds[i] / images.Count, achieved, achieved / peak);
-        }).ToList();
+            string kind = m.Layers[i] is ConvLayer { IsInputLayer: true } ? "input-conv" : sliced.Contains(i) ? "conv-sliced" : m.Layers[i].Kind;
+            return new LayerRow(i, kind, ops, seconds[i] / images.Count, achieved, achieved / peak);
+        }).ToList(), engine.ConvChoices);
     }
 
     internal static string Render(IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline, BnnModel m, bool plannedHere,
-        double[]? sharedSeconds = null, IReadOnlyList<LayerChoice>? choices = null)
+        double[]? sharedSeconds = null, IReadOnlyList<LayerChoice>? choices = null, IReadOnlyList<ConvKernelChoice>? convChoices = null)
     {
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
@@ -181,17 +183,23 @@ internal static class BenchCommand
             sb.AppendLine("shared: the model carries no plans, so it ran with exact-similar plans made for the benchmark");
         }
         sb.AppendLine(inv, $"roofline (1 thread, operands in L1): {string.Join(", ", roofline.BitOpsPerSecond.Select(p => $"{p.Key} {p.Value / 1e9:F1}"))} Gbit-ops/s; peak {roofline.Peak / 1e9:F1} ({roofline.Best})");
-        sb.AppendLine(inv, $"{"layer",-6} {"kind",-10} {"tap ops",12} {"µs/image",9} {"Gbit-ops/s",10} {"of peak",8}{(sharedSeconds is null ? "" : " shared µs/image  shared engine runs")}");
+        sb.AppendLine(inv, $"{"layer",-6} {"kind",-11} {"tap ops",12} {"µs/image",9} {"Gbit-ops/s",10} {"of peak",8}{(sharedSeconds is null ? "" : " shared µs/image  shared engine runs")}");
         foreach (var l in layers)
         {
             var choice = choices?.FirstOrDefault(c => c.Layer == l.Index);
             string shared = sharedSeconds is null ? "" : string.Create(inv, $" {sharedSeconds[l.Index] * 1e6,15:F1}  {choice?.Reason ?? ""}");
-            sb.AppendLine(inv, $"{l.Index,-6} {l.Kind,-10} {l.TapOps,12:N0} {l.Seconds * 1e6,9:F1} {l.AchievedBitOps / 1e9,10:F2} {(l.TapOps > 0 ? l.Fraction.ToString("P1", inv) : "-"),8}{shared}");
+            sb.AppendLine(inv, $"{l.Index,-6} {l.Kind,-11} {l.TapOps,12:N0} {l.Seconds * 1e6,9:F1} {l.AchievedBitOps / 1e9,10:F2} {(l.TapOps > 0 ? l.Fraction.ToString("P1", inv) : "-"),8}{shared}");
         }
         long totalOps = layers.Sum(l => l.TapOps);
         double totalSeconds = layers.Sum(l => l.Seconds);
-        sb.AppendLine(inv, $"{"total",-6} {"",-10} {totalOps,12:N0} {totalSeconds * 1e6,9:F1} {totalOps / totalSeconds / 1e9,10:F2} {totalOps / totalSeconds / roofline.Peak,8:P1}");
+        sb.AppendLine(inv, $"{"total",-6} {"",-11} {totalOps,12:N0} {totalSeconds * 1e6,9:F1} {totalOps / totalSeconds / 1e9,10:F2} {totalOps / totalSeconds / roofline.Peak,8:P1}");
         sb.AppendLine("(the input conv's taps are 8-bit multiply-adds, not XNOR-popcounts; its fraction of the popcount peak is shown for scale only)");
+        if (convChoices is { Count: > 0 })
+        {
+            // Every timed choice, kept or not: the alternative's time is the measurement behind the kernel choice.
+            sb.AppendLine(inv, $"fast engine's conv kernels (timed alone, µs/image; bit-sliced must win by 25 %): {string.Join(", ", convChoices.Select(c =>
+                $"layer {c.Layer} {(c.BitSliced ? "bit-sliced" : "packed")} (packed {c.PackedMicroseconds:F1}, bit-sliced {c.BitSlicedMicroseconds:F1})"))}");
+        }
         return sb.ToString();
     }
 
@@ -199,7 +207,7 @@ internal static class BenchCommand
         baseline is null ? "-" : (baseline.MsMedian / r.MsMedian).ToString("F2", CultureInfo.InvariantCulture) + "x";
 
     private static void WriteJson(System.Text.Json.Utf8JsonWriter w, string path, IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline,
-        IReadOnlyList<LayerChoice> choices)
+        IReadOnlyList<LayerChoice> choices, IReadOnlyList<ConvKernelChoice> convChoices)
     {
         void WriteMicroseconds(string name, double value)
         {
@@ -260,6 +268,17 @@ internal static class BenchCommand
             WriteMicroseconds("dense_us", c.DenseMicroseconds);
             WriteMicroseconds("shared_us", c.SharedMicroseconds);
             w.WriteString("reason", c.Reason);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteStartArray("fast_conv_kernels");
+        foreach (var c in convChoices)
+        {
+            w.WriteStartObject();
+            w.WriteNumber("index", c.Layer);
+            w.WriteBoolean("bit_sliced", c.BitSliced);
+            w.WriteNumber("packed_us", c.PackedMicroseconds);
+            w.WriteNumber("bit_sliced_us", c.BitSlicedMicroseconds);
             w.WriteEndObject();
         }
         w.WriteEndArray();

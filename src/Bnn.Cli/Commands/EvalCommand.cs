@@ -48,6 +48,11 @@ internal static class EvalCommand
             double ips = images.Count / Math.Max(seconds, 1e-9);
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{images.Count} images, {correct} correct: accuracy {accuracy:P2}; {ips:F1} images/s ({e.Name} engine, {t} threads)"));
+            foreach (var c in (e as PackedEngine)?.ConvChoices.Where(c => c.BitSliced) ?? [])
+            {
+                io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"  layer {c.Layer}: bit-sliced conv (packed {c.PackedMicroseconds:F1} µs, bit-sliced {c.BitSlicedMicroseconds:F1} µs per image)"));
+            }
             foreach (var c in (e as SharedEngine)?.Choices ?? [])
             {
                 // What the shared engine ran per layer, on stderr so that stdout stays the result line.

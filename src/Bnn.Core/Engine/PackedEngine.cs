@@ -7,9 +7,17 @@ using Bnn.Model;
 
 namespace Bnn.Engine;
 
+/// <summary>Which dense kernel the fast engine runs for one binary conv layer, and the measured times that decided it.</summary>
+/// <param name="Layer">Layer index.</param>
+/// <param name="BitSliced">Whether the bit-sliced conv runs (else the packed XNOR-popcount conv).</param>
+/// <param name="PackedMicroseconds">Measured time of the packed conv per image.</param>
+/// <param name="BitSlicedMicroseconds">Measured time of the bit-sliced conv per image.</param>
+public sealed record ConvKernelChoice(int Layer, bool BitSliced, double PackedMicroseconds, double BitSlicedMicroseconds);
+
 /// <summary>
 /// The bit-packed dense engine ("fast"): activations packed along channels (see <see cref="BitConvention"/>),
-/// XNOR-popcount through <see cref="XorPopCount"/>, parallel over images (or, for one image with threads to spare,
+/// XNOR-popcount through <see cref="XorPopCount"/> (or, for a binary 3x3 conv where it measures faster, the
+/// bit-sliced count of <see cref="BitSlicedConvStep"/>), parallel over images (or, for one image with threads to spare,
 /// over each image's positions), and per-worker buffers reused across images so the steady state allocates nothing.
 /// Concurrent <see cref="Score"/> calls on one instance are safe: each call rents its own workspaces from a pool,
 /// which grows to the largest number in use at once; only one call at a time splits an image across threads.
@@ -23,27 +31,61 @@ public sealed class PackedEngine : IEngine
     private ImageSplitter? splitter;
     private int splitterInUse;
 
-    /// <summary>Compiles <paramref name="model"/> for packed execution with the given popcount kernel.</summary>
+    /// <summary>
+    /// Compiles <paramref name="model"/> for packed execution with the given popcount kernel. With
+    /// <see cref="PopCountKernel.Auto"/>, each binary 3x3 conv also gets whichever of the packed and the bit-sliced
+    /// conv measures faster here (<see cref="ConvChoices"/>); an explicit kernel runs every conv packed with it.
+    /// </summary>
     public PackedEngine(BnnModel model, PopCountKernel kernel = PopCountKernel.Auto)
-        : this(model, kernel == PopCountKernel.Auto ? XorPopCount.Best : kernel, null)
+        : this(model, kernel == PopCountKernel.Auto ? XorPopCount.Best : kernel, null, chooseConvs: kernel == PopCountKernel.Auto)
     {
     }
 
     /// <summary>An engine whose steps are compiled here except where <paramref name="replaced"/> gives one (the shared engine's layers).</summary>
-    internal PackedEngine(BnnModel model, PopCountKernel kernel, IReadOnlyDictionary<int, PackedStep>? replaced)
+    internal PackedEngine(BnnModel model, PopCountKernel kernel, IReadOnlyDictionary<int, PackedStep>? replaced, bool chooseConvs)
     {
         ArgumentNullException.ThrowIfNull(model);
         Model = model;
         Kernel = kernel;
         steps = new PackedStep[model.Layers.Count];
+        var choices = new List<ConvKernelChoice>();
         for (int i = 0; i < steps.Length; i++)
         {
-            steps[i] = replaced is not null && replaced.TryGetValue(i, out var step)
-                ? step
-                : Compile(model.Layers[i], model.InputShapes[i], model.OutputShapes[i], Kernel, fastInput: true);
+            var (layer, inShape, outShape) = (model.Layers[i], model.InputShapes[i], model.OutputShapes[i]);
+            steps[i] = replaced is not null && replaced.TryGetValue(i, out var step) ? step
+                : chooseConvs && layer is ConvLayer { IsInputLayer: false } conv ? FastestDenseConv(i, conv, inShape, outShape, choices)
+                : Compile(layer, inShape, outShape, Kernel, fastInput: true);
         }
+        ConvChoices = choices;
         splits = steps.Any(s => s.Splits);
     }
+
+    /// <summary>
+    /// The faster of the packed conv (<see cref="XorPopCount.Best"/>) and the bit-sliced conv where that supports the
+    /// layer, timed on this machine (the outputs are identical); the choice is added to <paramref name="choices"/>.
+    /// The bit-sliced conv must win by <see cref="BitSlicedMargin"/>: timed alone it keeps its 100-180 KB of planes,
+    /// counters and picks in cache, which in the pipeline it does not (Zen 4, CNV conv1: 50.8 µs alone, 63.7 µs in
+    /// the pipeline, against 57-59 µs packed either way).
+    /// </summary>
+    internal static PackedStep FastestDenseConv(int index, ConvLayer conv, Shape inShape, Shape outShape, List<ConvKernelChoice> choices)
+    {
+        var packed = new BinaryConvStep(conv, inShape, outShape, XorPopCount.Best);
+        if (!BitSlicedConvStep.Supports(conv))
+        {
+            return packed;
+        }
+        var sliced = new BitSlicedConvStep(conv, inShape, outShape);
+        double packedTime = StepTimer.Microseconds(packed, inShape);
+        double slicedTime = StepTimer.Microseconds(sliced, inShape);
+        bool useSliced = slicedTime * BitSlicedMargin < packedTime;
+        choices.Add(new ConvKernelChoice(index, useSliced, packedTime, slicedTime));
+        return useSliced ? sliced : packed;
+    }
+
+    private const double BitSlicedMargin = 1.25;
+
+    /// <summary>Per binary 3x3 conv that the bit-sliced conv supports, which dense kernel runs and the times that decided (empty for an explicit kernel).</summary>
+    public IReadOnlyList<ConvKernelChoice> ConvChoices { get; }
 
     /// <summary>
     /// Compiles one layer for packed execution. With <paramref name="fastInput"/>, the input layer runs with VNNI on raw

@@ -82,7 +82,7 @@ public sealed class SharedEngine : IEngine
         {
             var (steps, choices) = ChooseSteps(selection);
             Choices = choices;
-            pipeline = new PackedEngine(model, XorPopCount.Best, steps);
+            pipeline = new PackedEngine(model, XorPopCount.Best, steps, chooseConvs: true);
         }
     }
 
@@ -129,7 +129,8 @@ public sealed class SharedEngine : IEngine
                 choices.Add(new LayerChoice(i, true, double.NaN, double.NaN, "shared: forced"));
                 continue;
             }
-            var dense = PackedEngine.Compile(conv, inShape, outShape, XorPopCount.Best, fastInput: true);
+            var dense = conv.IsInputLayer ? PackedEngine.Compile(conv, inShape, outShape, XorPopCount.Best, fastInput: true)
+                : PackedEngine.FastestDenseConv(i, conv, inShape, outShape, []);
             double denseTime = StepTimer.Microseconds(dense, inShape);
             double sharedTime = StepTimer.Microseconds(shared, inShape);
             bool useShared = sharedTime < denseTime;

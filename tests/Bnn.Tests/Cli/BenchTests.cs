@@ -33,6 +33,18 @@ public sealed class BenchTests
         Assert.Equal(model.Layers.Count, json.RootElement.GetProperty("layers").GetArrayLength());
         Assert.True(json.RootElement.GetProperty("roofline").GetProperty("peak_bit_ops_per_second").GetDouble() > 0);
         Assert.True(json.RootElement.GetProperty("machine").TryGetProperty("cpu", out _));
+
+        // The fast engine timed both dense kernels on every binary conv (where the bit-sliced one can run here), and
+        // each layer row names the kernel that ran
+        var convKernels = json.RootElement.GetProperty("fast_conv_kernels").EnumerateArray().ToList();
+        Assert.Equal(System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? model.ConvLayers.Count(c => !c.Layer.IsInputLayer) : 0, convKernels.Count);
+        var layers = json.RootElement.GetProperty("layers").EnumerateArray().ToList();
+        foreach (var c in convKernels)
+        {
+            Assert.True(c.GetProperty("packed_us").GetDouble() > 0 && c.GetProperty("bit_sliced_us").GetDouble() > 0);
+            string expected = c.GetProperty("bit_sliced").GetBoolean() ? "conv-sliced" : "conv";
+            Assert.Equal(expected, layers[c.GetProperty("index").GetInt32()].GetProperty("kind").GetString());
+        }
     }
 
     [Fact]
