@@ -15,7 +15,7 @@ namespace Bnn.Engine;
 /// per-position counts (nibble lookups and horizontal sums). Counting vertically, position by position in parallel,
 /// needs no horizontal step: a full adder on three 512-bit planes (two <c>vpternlogq</c>) absorbs one plane of
 /// 512 positions. A filter's 9 mismatch bits per input channel arrive pre-counted, so each (output, input channel)
-/// pair costs five plane loads and about 11 ternary-logic operations per 512 positions, against about 8 x 9 words of
+/// pair costs five plane loads and about 12 ternary-logic operations per 512 positions, against about 8 x 9 words of
 /// XOR and nibble-lookup popcount in the packed layout.</para>
 /// <para><b>Maths.</b> With bit 1 = −1 (<see cref="BitConvention"/>), the mismatch bit of tap t is x_t ⊕ w_t and an
 /// output's sum is n − 2M, M the mismatches over its n = 9·C taps. The 9 taps of a channel split into three rows of
@@ -34,11 +34,10 @@ namespace Bnn.Engine;
 /// image goes in and the result comes out through 64x64 bit transposes (<see cref="PlaneBits"/>).</para>
 /// <para>Channel counts that are not a multiple of 8 are padded with zero planes (no mismatches) and not counted in
 /// n. Layers that pad with 0 are not supported (their border correction needs integer sums).</para>
-/// <para><b>Speed: not used by any engine yet.</b> This first version is exact (tests against the packed conv) but
-/// slower: on the Zen 4 host the CNV's conv1 takes about 83 µs against 62 µs packed, and the small late layers lose by
-/// far more (one 512-position vector holds 120-168 real positions). It runs at about 18 cycles per (output, channel,
-/// vector) against the 7-8 its instruction count predicts; bench/RESULTS.md has the numbers and what to try next
-/// (<c>ConvBenchmarks</c> reproduces them).</para>
+/// <para><b>Speed.</b> On the Zen 4 host it ties the packed conv on the CNV's conv1 (60.6 against 56.5 µs) and loses
+/// on the smaller layers, whose positions fill a third of a vector or less; the counting is near its floor of one full
+/// adder per plane folded in. The fast engine times both per layer and keeps this one only where it is clearly faster
+/// (<see cref="PackedEngine.ConvChoices"/>; bench/RESULTS.md).</para>
 /// </summary>
 internal sealed class BitSlicedConvStep : PackedStep
 {
