@@ -7,11 +7,12 @@ public sealed class AllocationTests
 {
     [Theory]
     [InlineData("fast")]
+    [InlineData("fast-bitsliced")] // every binary conv bit-sliced (where the machine has AVX-512F): its scratch too
     [InlineData("shared")] // every supported layer on the plane conv: its scratch lives in the workspace too
     public void Engine_SingleThreadSteadyState_AllocatesNothingPerImage(string name)
     {
         var model = RandomModels.Create(Architectures.Build("cnv", 0.25), new Shape(3, 32, 32), seed: 2);
-        IEngine engine = name == "fast" ? new PackedEngine(model) : new SharedEngine(model, selection: LayerSelection.Shared);
+        var engine = Create(name, model);
         var images = TestData.RandomImages(8, 3);
         var scores = new int[images.Count * model.Classes];
         engine.Score(images, 0, images.Count, scores);
@@ -21,11 +22,13 @@ public sealed class AllocationTests
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
 
-    [Fact]
-    public void FastEngine_OneImageOnTwoThreads_AllocatesNothingPerImage()
+    [Theory]
+    [InlineData("fast")]
+    [InlineData("fast-bitsliced")]
+    public void FastEngine_OneImageOnTwoThreads_AllocatesNothingPerImage(string name)
     {
         var model = RandomModels.Create(Architectures.Build("cnv", 0.25), new Shape(3, 32, 32), seed: 2);
-        var engine = new PackedEngine(model);
+        var engine = Create(name, model);
         var images = TestData.RandomImages(8, 3);
         var scores = new int[model.Classes];
         void ScoreOneByOne()
@@ -42,5 +45,11 @@ public sealed class AllocationTests
         ScoreOneByOne();
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
-}
 
+    private static IEngine Create(string name, BnnModel model) => name switch
+    {
+        "fast" => new PackedEngine(model),
+        "shared" => new SharedEngine(model, selection: LayerSelection.Shared),
+        _ => EngineEquivalenceTests.Names().Contains(name) ? EngineEquivalenceTests.Create(name, model) : new PackedEngine(model),
+    };
+}
