@@ -187,11 +187,7 @@ internal sealed class BitSlicedConvStep : PackedStep
             for (int first = 0; first < pixels; first += 64)
             {
                 int count = Math.Min(64, pixels - first);
-                for (int i = 0; i < 64; i++)
-                {
-                    masks[i] = i < count ? input[((first + i) * words) + word] : 0;
-                }
-                PlaneBits.Transpose64(masks);
+                PlaneBits.PixelsToChannels(input, first, count, words, word, masks);
                 for (int j = 0; j < channels; j++)
                 {
                     var plane = planes.Slice(((word * 64) + j) * planeWords, planeWords);
@@ -466,20 +462,7 @@ internal sealed class BitSlicedConvStep : PackedStep
                     int o = (word * 64) + j;
                     masks[j] = o < k ? Unsafe.Add(ref outPlanes, (o * VectorWords) + chunk) : 0;
                 }
-                PlaneBits.Transpose64(masks);
-                int count = Math.Min(64, flatOutputs - first);
-                for (int i = 0, y = first / paddedWidth, x = first % paddedWidth; i < count; i++)
-                {
-                    if (x < wo)
-                    {
-                        output[(((y * wo) + x) * outWords) + word] = masks[i];
-                    }
-                    if (++x == paddedWidth)
-                    {
-                        x = 0;
-                        y++;
-                    }
-                }
+                PlaneBits.ChannelsToPositions(masks, first, Math.Min(64, flatOutputs - first), paddedWidth, wo, outWords, word, output);
             }
         }
     }

@@ -267,11 +267,7 @@ internal sealed class PlaneConvStep<T> : PackedStep
             for (int first = 0; first < pixels; first += 64)
             {
                 int count = Math.Min(64, pixels - first);
-                for (int i = 0; i < 64; i++)
-                {
-                    masks[i] = i < count ? input[((first + i) * words) + word] : 0;
-                }
-                PlaneBits.Transpose64(masks);
+                PlaneBits.PixelsToChannels(input, first, count, words, word, masks);
                 for (int j = 0; j < channels; j++)
                 {
                     int c = (word * 64) + j;
@@ -436,20 +432,7 @@ internal sealed class PlaneConvStep<T> : PackedStep
                     // Bit 1 (−1) exactly when the threshold says negative: (acc ≥ bound) == flip.
                     masks[j] = ~(atLeast ^ setWhenAtLeast[o]);
                 }
-                PlaneBits.Transpose64(masks);
-                int count = Math.Min(64, flatOutputs - first);
-                for (int i = 0, y = first / paddedWidth, x = first % paddedWidth; i < count; i++)
-                {
-                    if (x < wo)
-                    {
-                        output[(((y * wo) + x) * words) + word] = masks[i];
-                    }
-                    if (++x == paddedWidth)
-                    {
-                        x = 0;
-                        y++;
-                    }
-                }
+                PlaneBits.ChannelsToPositions(masks, first, Math.Min(64, flatOutputs - first), paddedWidth, wo, words, word, output);
             }
         }
     }

@@ -82,4 +82,43 @@ internal static class PlaneBits
             Unsafe.Add(ref values, i) = (short)(((mask >> i) & 1) != 0 ? -1 : 1);
         }
     }
+
+    /// <summary>
+    /// Bit j of <paramref name="masks"/>[i] is channel 64·<paramref name="word"/> + i of pixel <paramref name="first"/> + j:
+    /// the packed pixels [first, first + count) (count ≤ 64, pixels of <paramref name="words"/> words) turned into
+    /// channel masks. Missing pixels read as 0.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void PixelsToChannels(ReadOnlySpan<ulong> input, int first, int count, int words, int word, Span<ulong> masks)
+    {
+        for (int i = 0; i < 64; i++)
+        {
+            masks[i] = i < count ? input[((first + i) * words) + word] : 0;
+        }
+        Transpose64(masks);
+    }
+
+    /// <summary>
+    /// The other way, for outputs at flat positions q = y·<paramref name="flatWidth"/> + x: transposes
+    /// <paramref name="masks"/> (mask j: output channel 64·<paramref name="word"/> + j over positions
+    /// [first, first + 64)) and writes the <paramref name="count"/> positions with x &lt; <paramref name="width"/> into
+    /// the packed <paramref name="output"/> (<paramref name="words"/> words per pixel); the others are dropped.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void ChannelsToPositions(Span<ulong> masks, int first, int count, int flatWidth, int width, int words, int word, Span<ulong> output)
+    {
+        Transpose64(masks);
+        for (int i = 0, y = first / flatWidth, x = first % flatWidth; i < count; i++)
+        {
+            if (x < width)
+            {
+                output[(((y * width) + x) * words) + word] = masks[i];
+            }
+            if (++x == flatWidth)
+            {
+                x = 0;
+                y++;
+            }
+        }
+    }
 }
