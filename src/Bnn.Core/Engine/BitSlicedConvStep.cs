@@ -34,7 +34,7 @@ namespace Bnn.Engine;
 /// image goes in and the result comes out through 64x64 bit transposes (<see cref="PlaneBits"/>).</para>
 /// <para>Channel counts that are not a multiple of 8 are padded with zero planes (no mismatches) and not counted in
 /// n. Layers that pad with 0 are not supported (their border correction needs integer sums).</para>
-/// <para><b>Speed.</b> On the Zen 4 host it ties the packed conv on the CNV's conv1 (60.6 against 56.5 µs) and loses
+/// <para><b>Speed.</b> On the Zen 4 host it beats the packed conv on the CNV's conv1 by 8 % (53.3 against 57.9 µs) and loses
 /// on the smaller layers, whose positions fill a third of a vector or less; the counting is near its floor of one full
 /// adder per plane folded in. The fast engine times both per layer and keeps this one only where it is clearly faster
 /// (<see cref="PackedEngine.ConvChoices"/>; bench/RESULTS.md).</para>
@@ -52,7 +52,7 @@ internal sealed class BitSlicedConvStep : PackedStep
     private const int HighPlane = 10;      // + 8·row + row weight pattern (0..7)
     private const int PicksPerPair = 5;    // s, c, hi_0, hi_1, hi_2
     // One block's channel planes are read by every output, whose counter is saved and reloaded between blocks. On the
-    // Zen 4 host 40 KB (16 channels) beat 24, 72 and 150 KB on the CNV's conv1 (83 against 86-96 µs).
+    // Zen 4 host 40 KB (16 channels) beat 24, 72 and 150 KB on the CNV's conv1 (StepTimer: 83 against 86-96 µs).
     private const int BlockBudgetBytes = 40 * 1024;
 
     private readonly ConvLayer layer;

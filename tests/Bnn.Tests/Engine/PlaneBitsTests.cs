@@ -5,16 +5,33 @@ namespace Bnn.Tests.Engine;
 /// <summary>The layout changes of the plane conv against their definitions.</summary>
 public sealed class PlaneBitsTests
 {
-    [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(3)]
-    public void Transpose64_SwapsRowsAndColumns(int seed)
+    public static TheoryData<string, int> Transposes()
     {
+        var data = new TheoryData<string, int>();
+        foreach (var path in PlaneBits.SimdTranspose ? new[] { "dispatch", "scalar", "simd" } : ["dispatch", "scalar"])
+        {
+            foreach (int seed in new[] { 1, 2, 3 })
+            {
+                data.Add(path, seed);
+            }
+        }
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Transposes))]
+    public void Transpose64_SwapsRowsAndColumns(string path, int seed)
+    {
+        Action<ulong[]> transpose = path switch
+        {
+            "scalar" => rows => PlaneBits.Transpose64Scalar(rows),
+            "simd" => rows => PlaneBits.Transpose64Simd(rows),
+            _ => rows => PlaneBits.Transpose64(rows),
+        };
         var rng = new Random(seed);
         var rows = Enumerable.Range(0, 64).Select(_ => (ulong)rng.NextInt64() ^ ((ulong)rng.Next() << 40)).ToArray();
         var transposed = rows.ToArray();
-        PlaneBits.Transpose64(transposed);
+        transpose(transposed);
         for (int i = 0; i < 64; i++)
         {
             for (int j = 0; j < 64; j++)
@@ -22,7 +39,7 @@ public sealed class PlaneBitsTests
                 Assert.Equal((rows[i] >> j) & 1, (transposed[j] >> i) & 1);
             }
         }
-        PlaneBits.Transpose64(transposed);
+        transpose(transposed);
         Assert.Equal(rows, transposed);
     }
 

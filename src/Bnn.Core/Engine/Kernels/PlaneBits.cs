@@ -20,9 +20,20 @@ internal static class PlaneBits
         (byte)1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128,
         1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
 
+    // Byte (8b + k) takes byte (8(7 − k) + b): an 8x8 byte transpose that also reverses the rows (for GF2P8AFFINEQB).
+    private static readonly Vector512<byte> ByteTransposeReversed = Vector512.Create(
+        Enumerable.Range(0, 64).Select(i => (byte)((8 * (7 - (i % 8))) + (i / 8))).ToArray());
+
+    // Byte (8c + a) takes byte (8a + c): the plain 8x8 byte transpose.
+    private static readonly Vector512<byte> ByteTranspose = Vector512.Create(
+        Enumerable.Range(0, 64).Select(i => (byte)((8 * (i % 8)) + (i / 8))).ToArray());
+
+    // Byte j of every qword is 1 << j: as GF2P8AFFINEQB's source, it reads column j of the matrix operand.
+    private static readonly Vector512<byte> UnitBytes = Vector512.Create(0x8040_2010_0804_0201UL).AsByte();
+
     /// <summary>
-    /// In place, bit j of row i ↔ bit i of row j (rows are 64-bit words, bit 0 = column 0). Six rounds, each swapping
-    /// the off-diagonal blocks of every 2j x 2j block (Hacker's Delight, §7-3).
+    /// In place, bit j of row i ↔ bit i of row j (rows are 64-bit words, bit 0 = column 0): <see cref="Transpose64Simd"/>
+    /// where the machine has AVX-512 VBMI and GFNI, else <see cref="Transpose64Scalar"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Transpose64(Span<ulong> rows)
@@ -31,6 +42,21 @@ internal static class PlaneBits
         {
             throw new ArgumentException("a 64x64 bit matrix has 64 rows", nameof(rows));
         }
+        if (SimdTranspose)
+        {
+            Transpose64Simd(rows);
+            return;
+        }
+        Transpose64Scalar(rows);
+    }
+
+    /// <summary>Whether <see cref="Transpose64Simd"/> runs here.</summary>
+    public static bool SimdTranspose => Avx512Vbmi.IsSupported && Gfni.V512.IsSupported;
+
+    /// <summary>Six rounds, each swapping the off-diagonal blocks of every 2j x 2j block (Hacker's Delight, §7-3).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void Transpose64Scalar(Span<ulong> rows)
+    {
         ref ulong a = ref rows[0];
         ulong m = 0x0000_0000_FFFF_FFFFUL;
         for (int j = 32; j != 0; j >>= 1, m ^= m << j)
@@ -45,6 +71,62 @@ internal static class PlaneBits
             }
         }
     }
+
+    /// <summary>
+    /// The matrix as 8x8 blocks of 8x8 bits, block (a, b) = rows 8a..8a+7, byte b. Per register of 8 rows: one byte
+    /// permute gathers each block into a qword, one GF2P8AFFINEQB transposes the bits inside every qword; then a qword
+    /// transpose across the 8 registers and one more byte permute put block (a, b) at rows 8b..8b+7, byte a. About 50
+    /// vector instructions against about 1,500 scalar ones.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void Transpose64Simd(Span<ulong> rows)
+    {
+        ref ulong r = ref rows[0];
+        // u_a qword b, byte c: column 8b + c over rows 8a..8a+7 (bit i = row 8a + i).
+        var u0 = Blocks(ref r, 0);
+        var u1 = Blocks(ref r, 1);
+        var u2 = Blocks(ref r, 2);
+        var u3 = Blocks(ref r, 3);
+        var u4 = Blocks(ref r, 4);
+        var u5 = Blocks(ref r, 5);
+        var u6 = Blocks(ref r, 6);
+        var u7 = Blocks(ref r, 7);
+        // Qword transpose: v_b qword a = u_a qword b, in three rounds of pairs.
+        var even = Vector512.Create(0UL, 8, 2, 10, 4, 12, 6, 14);
+        var odd = Vector512.Create(1UL, 9, 3, 11, 5, 13, 7, 15);
+        var (p0, q0) = (Avx512F.PermuteVar8x64x2(u0, even, u1), Avx512F.PermuteVar8x64x2(u0, odd, u1));
+        var (p2, q2) = (Avx512F.PermuteVar8x64x2(u2, even, u3), Avx512F.PermuteVar8x64x2(u2, odd, u3));
+        var (p4, q4) = (Avx512F.PermuteVar8x64x2(u4, even, u5), Avx512F.PermuteVar8x64x2(u4, odd, u5));
+        var (p6, q6) = (Avx512F.PermuteVar8x64x2(u6, even, u7), Avx512F.PermuteVar8x64x2(u6, odd, u7));
+        var low2 = Vector512.Create(0UL, 1, 8, 9, 4, 5, 12, 13);
+        var high2 = Vector512.Create(2UL, 3, 10, 11, 6, 7, 14, 15);
+        var (r04, r26) = (Avx512F.PermuteVar8x64x2(p0, low2, p2), Avx512F.PermuteVar8x64x2(p0, high2, p2));
+        var (r15, r37) = (Avx512F.PermuteVar8x64x2(q0, low2, q2), Avx512F.PermuteVar8x64x2(q0, high2, q2));
+        var (s04, s26) = (Avx512F.PermuteVar8x64x2(p4, low2, p6), Avx512F.PermuteVar8x64x2(p4, high2, p6));
+        var (s15, s37) = (Avx512F.PermuteVar8x64x2(q4, low2, q6), Avx512F.PermuteVar8x64x2(q4, high2, q6));
+        var low4 = Vector512.Create(0UL, 1, 2, 3, 8, 9, 10, 11);
+        var high4 = Vector512.Create(4UL, 5, 6, 7, 12, 13, 14, 15);
+        Rows(ref r, 0, Avx512F.PermuteVar8x64x2(r04, low4, s04));
+        Rows(ref r, 4, Avx512F.PermuteVar8x64x2(r04, high4, s04));
+        Rows(ref r, 2, Avx512F.PermuteVar8x64x2(r26, low4, s26));
+        Rows(ref r, 6, Avx512F.PermuteVar8x64x2(r26, high4, s26));
+        Rows(ref r, 1, Avx512F.PermuteVar8x64x2(r15, low4, s15));
+        Rows(ref r, 5, Avx512F.PermuteVar8x64x2(r15, high4, s15));
+        Rows(ref r, 3, Avx512F.PermuteVar8x64x2(r37, low4, s37));
+        Rows(ref r, 7, Avx512F.PermuteVar8x64x2(r37, high4, s37));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<ulong> Blocks(ref ulong rows, int a)
+    {
+        var gathered = Avx512Vbmi.PermuteVar64x8(Vector512.LoadUnsafe(ref rows, (nuint)(8 * a)).AsByte(), ByteTransposeReversed);
+        return Gfni.V512.GaloisFieldAffineTransform(UnitBytes, gathered, 0).AsUInt64();
+    }
+
+    /// <summary>v_b (qword a: column block b of row block a) to rows 8b..8b+7: byte a of row 8b + c is byte c of qword a.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Rows(ref ulong rows, int b, Vector512<ulong> v) =>
+        Avx512Vbmi.PermuteVar64x8(v.AsByte(), ByteTranspose).AsUInt64().StoreUnsafe(ref rows, (nuint)(8 * b));
 
     /// <summary>
     /// The 64 values of a pixel mask (bit set = −1, clear = +1) as signed bytes, written to <paramref name="values"/>[0..64).
