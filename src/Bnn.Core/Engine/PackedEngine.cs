@@ -63,9 +63,9 @@ public sealed class PackedEngine : IEngine
     /// <summary>
     /// The faster of the packed conv (<see cref="XorPopCount.Best"/>) and the bit-sliced conv where that supports the
     /// layer, timed on this machine (the outputs are identical); the choice is added to <paramref name="choices"/>.
-    /// The bit-sliced conv must win by <see cref="BitSlicedMargin"/>: timed alone it keeps its 100-180 KB of planes,
-    /// counters and picks in cache, which in the pipeline it does not (Zen 4, CNV conv1: 50.8 µs alone, 63.7 µs in
-    /// the pipeline, against 57-59 µs packed either way).
+    /// The bit-sliced conv must win by <see cref="BitSlicedMargin"/>: it loses more than the packed conv between being
+    /// timed alone and running in the pipeline, where its 100-180 KB of planes, counters and filter picks share the
+    /// caches (Zen 4, CNV conv1: 40.5 µs alone and 54.6-59.4 µs in the pipeline, against 56.1 and 57.2 µs packed).
     /// </summary>
     internal static PackedStep FastestDenseConv(int index, ConvLayer conv, Shape inShape, Shape outShape, List<ConvKernelChoice> choices)
     {
