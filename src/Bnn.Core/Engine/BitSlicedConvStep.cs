@@ -202,8 +202,7 @@ internal sealed class BitSlicedConvStep : PackedStep
                     for (int i = 0, y = first / w, x = first % w; i < count; y++, x = 0)
                     {
                         int run = Math.Min(w - x, count - i);
-                        ulong runBits = (bits >> i) & (run == 64 ? ulong.MaxValue : (1UL << run) - 1);
-                        Insert(plane, ((y + p) * paddedWidth) + x + p, runBits, run);
+                        Insert(plane, ((y + p) * paddedWidth) + x + p, bits >> i, run);
                         i += run;
                     }
                 }
@@ -211,12 +210,13 @@ internal sealed class BitSlicedConvStep : PackedStep
         }
     }
 
-    /// <summary>Overwrites <paramref name="length"/> bits of <paramref name="plane"/> from bit <paramref name="at"/>.</summary>
+    /// <summary>Overwrites <paramref name="length"/> bits of <paramref name="plane"/> from bit <paramref name="at"/> with the low bits of <paramref name="bits"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Insert(Span<ulong> plane, int at, ulong bits, int length)
     {
         int word = at >> 6, shift = at & 63;
         ulong mask = length == 64 ? ulong.MaxValue : (1UL << length) - 1;
+        bits &= mask;
         plane[word] = (plane[word] & ~(mask << shift)) | (bits << shift);
         if (shift + length > 64)
         {

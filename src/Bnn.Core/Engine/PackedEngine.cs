@@ -12,7 +12,11 @@ namespace Bnn.Engine;
 /// <param name="BitSliced">Whether the bit-sliced conv runs (else the packed XNOR-popcount conv).</param>
 /// <param name="PackedMicroseconds">Measured time of the packed conv per image.</param>
 /// <param name="BitSlicedMicroseconds">Measured time of the bit-sliced conv per image.</param>
-public sealed record ConvKernelChoice(int Layer, bool BitSliced, double PackedMicroseconds, double BitSlicedMicroseconds);
+public sealed record ConvKernelChoice(int Layer, bool BitSliced, double PackedMicroseconds, double BitSlicedMicroseconds)
+{
+    /// <summary>The measured time of the kernel that runs.</summary>
+    public double ChosenMicroseconds => BitSliced ? BitSlicedMicroseconds : PackedMicroseconds;
+}
 
 /// <summary>
 /// The bit-packed dense engine ("fast"): activations packed along channels (see <see cref="BitConvention"/>),
@@ -24,6 +28,9 @@ public sealed record ConvKernelChoice(int Layer, bool BitSliced, double PackedMi
 /// </summary>
 public sealed class PackedEngine : IEngine
 {
+    /// <summary>How much faster, timed alone, the bit-sliced conv must be to be chosen (see <see cref="FastestDenseConv"/>).</summary>
+    internal const double BitSlicedMargin = 1.25;
+
     private readonly PackedStep[] steps;
     private readonly Lock workspaceLock = new();
     private readonly Stack<Workspace> idleWorkspaces = [];
@@ -81,8 +88,6 @@ public sealed class PackedEngine : IEngine
         choices.Add(new ConvKernelChoice(index, useSliced, packedTime, slicedTime));
         return useSliced ? sliced : packed;
     }
-
-    private const double BitSlicedMargin = 1.25;
 
     /// <summary>Per binary 3x3 conv that the bit-sliced conv supports, which dense kernel runs and the times that decided (empty for an explicit kernel).</summary>
     public IReadOnlyList<ConvKernelChoice> ConvChoices { get; }

@@ -129,9 +129,11 @@ public sealed class SharedEngine : IEngine
                 choices.Add(new LayerChoice(i, true, double.NaN, double.NaN, "shared: forced"));
                 continue;
             }
+            var timed = new List<ConvKernelChoice>();
             var dense = conv.IsInputLayer ? PackedEngine.Compile(conv, inShape, outShape, XorPopCount.Best, fastInput: true)
-                : PackedEngine.FastestDenseConv(i, conv, inShape, outShape, []);
-            double denseTime = StepTimer.Microseconds(dense, inShape);
+                : PackedEngine.FastestDenseConv(i, conv, inShape, outShape, timed);
+            // A dense conv that was just timed against the bit-sliced one keeps that time; others are timed here.
+            double denseTime = timed is [var choice] ? choice.ChosenMicroseconds : StepTimer.Microseconds(dense, inShape);
             double sharedTime = StepTimer.Microseconds(shared, inShape);
             bool useShared = sharedTime < denseTime;
             steps[i] = useShared ? shared : dense; // the timed step itself, not a second compilation of it
