@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using Bnn.Data;
 using Bnn.IO;
 using TorchSharp.Modules;
@@ -38,6 +39,14 @@ internal sealed record CheckpointHeader
     /// <summary>α and T of the distillation loss, when <see cref="Teacher"/> is set.</summary>
     public double? DistillWeight { get; init; }
     public double? DistillTemperature { get; init; }
+    // The epoch the current cosine cycle started from (a --restart-lr resume); 0 for one schedule over the whole run.
+    public int CycleStart { get; init; }
+    // Null in checkpoints written before the option existed: those runs used their dataset's default.
+    [JsonConverter(typeof(JsonStringEnumConverter<Augmentation>))]
+    public Augmentation? Augmentation { get; init; }
+
+    // What the run's training steps augmented with.
+    public Augmentation TrainingAugmentation => Augmentation ?? TrainOptions.DefaultAugmentation(Dataset);
 }
 
 /// <summary>

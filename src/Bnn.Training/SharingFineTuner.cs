@@ -63,13 +63,13 @@ public static class SharingFineTuner
         for (int epoch = 0; epoch < epochs; epoch++)
         {
             var clock = Stopwatch.StartNew();
-            double lr = 0.5 * learningRate * (1 + Math.Cos(Math.PI * epoch / epochs));
+            double lr = Trainer.CosineLearningRate(learningRate, epoch, epochs);
             foreach (var group in optimizer.ParamGroups)
             {
                 group.LearningRate = lr;
             }
             var rng = new Random(Trainer.EpochSeed(seed, epoch, stream: 1));
-            var (loss, accuracy) = Trainer.TrainEpoch(net, optimizer, train, batchSize, batches, TrainOptions.Augments(header.Dataset) ? rng : null, rng,
+            var (loss, accuracy) = Trainer.TrainEpoch(net, optimizer, train, batchSize, batches, Augmenter.For(header.TrainingAugmentation, rng), rng,
                 () =>
                 {
                     foreach (var tie in ties)

@@ -78,11 +78,20 @@ public sealed record TrainOptions
         .SelectMany(line => line[(line.IndexOf(':', StringComparison.Ordinal) + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries))
         .Any(flag => flag is "avx512_bf16" or "amx_bf16");
 
-    /// <summary>Whether to augment (random 4-pixel-padded crop and horizontal flip); on for CIFAR-10 only.</summary>
-    public bool Augment => Augments(Dataset);
+    /// <summary>
+    /// The training augmentation; null keeps a resumed run's, or else takes <see cref="DefaultAugmentation"/>. Flip-only
+    /// or none suits a last low-learning-rate phase: the crops' grey borders never occur in test images.
+    /// </summary>
+    public Augmentation? Augmentation { get; init; }
 
-    /// <summary>Whether training on <paramref name="dataset"/> augments its images: CIFAR-10 yes, SVHN (digits) no.</summary>
-    public static bool Augments(string dataset) => dataset == "cifar10";
+    /// <summary>How training on <paramref name="dataset"/> augments its images: CIFAR-10 crop and flip, SVHN (digits) none.</summary>
+    public static Augmentation DefaultAugmentation(string dataset) => dataset == "cifar10" ? Training.Augmentation.CropFlip : Training.Augmentation.None;
+
+    /// <summary>
+    /// On resume, start a new cosine cycle at this learning rate, annealed to zero from the resumed epoch to
+    /// <see cref="Epochs"/>; null continues the resumed run's schedule, recomputed for the new total.
+    /// </summary>
+    public double? RestartLearningRate { get; init; }
 
     /// <summary>
     /// Also keep every epoch's weights as <c>M.epochNNN.ckpt</c> (no optimizer state), for <see cref="WeightAveraging"/>.

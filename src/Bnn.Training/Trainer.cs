@@ -59,9 +59,22 @@ public static class Trainer
         var arch = resumed?.Arch ?? options.Arch;
         var width = resumed?.Width ?? options.Width;
         int seed = resumed?.Seed ?? options.Seed;
-        // On resume, --epochs sets the new total; the cosine schedule is recomputed for it from the next epoch on.
+        // On resume, --epochs sets the new total; the cosine schedule is recomputed for it from the next epoch on, or
+        // with --restart-lr a new cycle starts at the resumed epoch.
         int epochs = options.Epochs;
         double lr0 = resumed?.LearningRate ?? options.LearningRate;
+        int cycleStart = resumed?.CycleStart ?? 0;
+        if (options.RestartLearningRate is double restartLr)
+        {
+            if (resumed is null || epochs <= resumed.CompletedEpochs)
+            {
+                throw new BnnDataException(
+                    $"a new learning-rate cycle needs a resumed run and more epochs than it has completed ({resumed?.CompletedEpochs ?? 0})");
+            }
+            lr0 = restartLr;
+            cycleStart = resumed.CompletedEpochs;
+        }
+        var augmentation = options.Augmentation ?? resumed?.Augmentation ?? TrainOptions.DefaultAugmentation(options.Dataset);
         int batchSize = resumed?.BatchSize ?? options.BatchSize;
 
         var all = Datasets.Load(options.Dataset, options.DataDir, "train");
@@ -113,13 +126,13 @@ public static class Trainer
         {
             cancel.ThrowIfCancellationRequested();
             var epochClock = Stopwatch.StartNew();
-            double lr = 0.5 * lr0 * (1 + Math.Cos(Math.PI * epoch / epochs));
+            double lr = CosineLearningRate(lr0, epoch - cycleStart, epochs - cycleStart);
             foreach (var group in optimizer.ParamGroups)
             {
                 group.LearningRate = lr;
             }
             var rng = new Random(EpochSeed(seed, epoch, stream: 0));
-            var (trainLoss, trainAccuracy) = TrainEpoch(net, optimizer, train, batchSize, batches, options.Augment ? rng : null, rng, null, distillation,
+            var (trainLoss, trainAccuracy) = TrainEpoch(net, optimizer, train, batchSize, batches, Augmenter.For(augmentation, rng), rng, null, distillation,
                 progress is null ? null : (b, loss, accuracy) =>
                 {
                     double done = (b + 1.0) / batches;
@@ -139,6 +152,7 @@ public static class Trainer
                 CompletedEpochs = epoch + 1, BestEpoch = bestEpoch, BestValidationAccuracy = bestAccuracy,
                 History = history, HasOptimizerState = true, Float = isFloat, Teacher = teacherPath,
                 DistillWeight = distillation?.Weight, DistillTemperature = distillation?.Temperature,
+                CycleStart = cycleStart, Augmentation = augmentation,
             };
             if (valAccuracy > bestAccuracy)
             {
@@ -161,6 +175,9 @@ public static class Trainer
         }
         return new TrainResult(latestPath, bestPath, logPath, history, bestEpoch);
     }
+
+    /// <summary>The cosine-annealed learning rate of epoch <paramref name="epoch"/> (from 0) of a <paramref name="epochs"/>-epoch cycle.</summary>
+    internal static double CosineLearningRate(double initial, int epoch, int epochs) => 0.5 * initial * (1 + Math.Cos(Math.PI * epoch / epochs));
 
     /// <summary>
     /// A run resumed into a new --out must bring its best epoch's weights along: the best is only rewritten when a new
@@ -208,7 +225,7 @@ public static class Trainer
     /// flat. Returns the mean loss and accuracy over the epoch.
     /// </summary>
     internal static (double Loss, double Accuracy) TrainEpoch(BinaryNetwork net, optim.Optimizer optimizer, ImageSet train, int batchSize,
-        int batches, Random? augment, Random shuffle, Action? afterStep, Distillation? distillation, Action<int, double, double>? report)
+        int batches, Augmenter? augment, Random shuffle, Action? afterStep, Distillation? distillation, Action<int, double, double>? report)
     {
         var order = Enumerable.Range(0, train.Count).ToArray();
         shuffle.Shuffle(order);
@@ -303,25 +320,17 @@ public static class Trainer
     }
 
     /// <summary>
-    /// Writes pixel codes (<see cref="PixelCode"/>) for the chosen images. With a random source it applies the
-    /// standard CIFAR augmentation: a 32x32 crop of the image padded by 4 (padding holds code 0, mid-grey) and a
-    /// horizontal flip with probability ½.
+    /// Writes pixel codes (<see cref="PixelCode"/>) for the chosen images, augmented as <paramref name="augment"/> draws
+    /// (a crop's padding holds code 0, mid-grey); null writes them as stored.
     /// </summary>
-    internal static void FillBatch(ImageSet set, ReadOnlySpan<int> indices, Random? augment, float[] input, long[] labels)
+    internal static void FillBatch(ImageSet set, ReadOnlySpan<int> indices, Augmenter? augment, float[] input, long[] labels)
     {
         int c = set.Channels, h = set.Height, w = set.Width;
         for (int i = 0; i < indices.Length; i++)
         {
             var image = set.Image(indices[i]);
             labels[i] = set.Labels[indices[i]];
-            int dy = 0, dx = 0;
-            bool flip = false;
-            if (augment is not null)
-            {
-                dy = augment.Next(-4, 5);
-                dx = augment.Next(-4, 5);
-                flip = augment.Next(2) == 1;
-            }
+            var (dy, dx, flip) = augment?.Next() ?? (0, 0, false);
             var dst = input.AsSpan(i * set.ImageSize, set.ImageSize);
             for (int ch = 0; ch < c; ch++)
             {

@@ -65,7 +65,7 @@ public static class WeightAveraging
         int recalibrationCount = Math.Min(recalibrationImages, train.Count);
         if (recalibrationCount > 0)
         {
-            Recalibrate(net, train, recalibrationCount, TrainOptions.Augments(first.Dataset), seed);
+            Recalibrate(net, train, recalibrationCount, first.TrainingAugmentation, seed);
             recalibrated = Trainer.Evaluate(net, validation).Accuracy;
         }
         var last = headers.MaxBy(h => h.CompletedEpochs)!;
@@ -110,7 +110,7 @@ public static class WeightAveraging
     /// Replaces every batch norm's running statistics by the image-weighted mean of its training-mode batch statistics
     /// over <paramref name="count"/> shuffled training images.
     /// </summary>
-    internal static void Recalibrate(BinaryNetwork net, ImageSet train, int count, bool augment, int seed)
+    internal static void Recalibrate(BinaryNetwork net, ImageSet train, int count, Augmentation augmentation, int seed)
     {
         var norms = net.modules().OfType<BatchNorm>().ToList();
         foreach (var norm in norms)
@@ -134,7 +134,7 @@ public static class WeightAveraging
                     // Weighted by images, so that a short last batch counts for what it holds.
                     norm.momentum = (double)n / (start + n);
                 }
-                Trainer.FillBatch(train, order.AsSpan(start, n), augment ? rng : null, input, labels);
+                Trainer.FillBatch(train, order.AsSpan(start, n), Augmenter.For(augmentation, rng), input, labels);
                 net.forward(tensor(input.AsSpan(0, n * train.ImageSize).ToArray(), [n, train.Channels, train.Height, train.Width]));
             }
         }

@@ -30,10 +30,13 @@ internal static class TrainCommand
         var isFloat = new Option<bool>("--float") { Description = "train the architecture's float twin (real weights, ReLU) as a distillation teacher; writes checkpoints, no model" };
         var teacher = new Option<string?>("--teacher") { Description = "distill from this float twin's checkpoint (from `bnn train --float`)" };
         var distillWeight = new Option<double>("--distill-weight") { Description = "α: the teacher's share of the loss", DefaultValueFactory = _ => 0.5 };
+        var augment = new Option<string?>("--augment") { Description = "training augmentation: crop-flip, flip or none (default: the resumed run's, else crop-flip for cifar10, none for svhn)" }
+            .AcceptOnlyFromAmong(AugmentationNames.Keys.ToArray());
+        var restartLr = new Option<double?>("--restart-lr") { Description = "with --resume: start a new cosine cycle at this learning rate, annealed to 0 by --epochs" };
         var distillTemperature = new Option<double>("--distill-temperature") { Description = "T: the softmax temperature of the teacher's term", DefaultValueFactory = _ => 4.0 };
         var command = new Command("train", "Train a BNN with TorchSharp and write a bit-packed model file")
         {
-            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16, keepEpochs, isFloat, teacher, distillWeight, distillTemperature,
+            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16, keepEpochs, isFloat, teacher, distillWeight, distillTemperature, augment, restartLr,
         };
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
@@ -59,6 +62,8 @@ internal static class TrainCommand
                 Teacher = parse.GetValue(teacher),
                 DistillWeight = parse.GetValue(distillWeight),
                 DistillTemperature = parse.GetValue(distillTemperature),
+                Augmentation = parse.GetValue(augment) is string name ? AugmentationNames[name] : null,
+                RestartLearningRate = parse.GetValue(restartLr),
             };
             if (options.Epochs < 0 || options.BatchSize <= 0 || !(options.Width > 0))
             {
@@ -80,6 +85,10 @@ internal static class TrainCommand
             {
                 throw new UsageException("--distill-weight must be in [0, 1] and --distill-temperature > 0");
             }
+            if (options.RestartLearningRate is double restart && (options.Resume is null || !(restart > 0)))
+            {
+                throw new UsageException("--restart-lr needs --resume and a learning rate > 0");
+            }
             var result = RunWithProgress(io, options);
             var best = result.History.FirstOrDefault(h => h.Epoch == result.BestEpoch);
             io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -90,6 +99,11 @@ internal static class TrainCommand
         }));
         return command;
     }
+
+    private static readonly Dictionary<string, Augmentation> AugmentationNames = new(StringComparer.Ordinal)
+    {
+        ["crop-flip"] = Augmentation.CropFlip, ["flip"] = Augmentation.Flip, ["none"] = Augmentation.None,
+    };
 
     private static TrainResult RunWithProgress(CliIo io, TrainOptions options)
     {

@@ -96,6 +96,17 @@ public sealed class EvalAndInfoTests
     }
 
     [Theory]
+    [InlineData("--restart-lr", "1e-3", "--restart-lr needs --resume")]
+    [InlineData("--augment", "mirror", "'mirror' not recognized")]
+    public void Train_RestartWithoutResume_OrUnknownAugmentation_IsAUsageErrorBeforeLoadingData(string option, string value, string message)
+    {
+        var (code, _, err) = CliRunner.Run("train", "--arch", "cnv", "--dataset", "cifar10", "--data", "/nonexistent", "--epochs", "1",
+            "--out", "/nonexistent/m.bnn", option, value);
+        Assert.Equal(1, code);
+        Assert.Contains(message, err);
+    }
+
+    [Theory]
     [InlineData("eval")]
     [InlineData("info")]
     [InlineData("train")]

@@ -60,7 +60,7 @@ public sealed class WeightAveragingTests
         var images = Datasets.Load("cifar10", dir.Path, "train").Take(150);
 
         // When re-estimating batch norm on all of them, without augmentation
-        WeightAveraging.Recalibrate(net, images, images.Count, augment: false, seed: 1);
+        WeightAveraging.Recalibrate(net, images, images.Count, Augmentation.None, seed: 1);
 
         // Then the first conv's running mean is the mean of its pre-norm output over every image and position
         using var scope = NewDisposeScope();
