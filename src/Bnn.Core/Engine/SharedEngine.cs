@@ -137,7 +137,8 @@ public sealed class SharedEngine : IEngine
             double sharedTime = StepTimer.Microseconds(shared, inShape);
             bool useShared = sharedTime < denseTime;
             steps[i] = useShared ? shared : dense; // the timed step itself, not a second compilation of it
-            choices.Add(new LayerChoice(i, useShared, denseTime, sharedTime, useShared ? "shared: measured faster" : "dense: measured faster"));
+            string denseKind = timed is [{ BitSliced: true }] ? "dense (bit-sliced)" : "dense";
+            choices.Add(new LayerChoice(i, useShared, denseTime, sharedTime, useShared ? $"shared: measured faster than {denseKind}" : $"{denseKind}: measured faster"));
         }
         return (steps, choices);
     }

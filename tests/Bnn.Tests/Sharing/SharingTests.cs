@@ -73,6 +73,7 @@ public sealed class SharingTests
         {
             Assert.True(c.DenseMicroseconds > 0 && c.SharedMicroseconds > 0, c.Reason);
             Assert.Equal(c.SharedMicroseconds < c.DenseMicroseconds, c.Shared);
+            Assert.StartsWith(c.Shared ? "shared: measured faster than dense" : "dense", c.Reason, StringComparison.Ordinal);
         }
         Assert.Contains(auto.Choices, c => c.Reason.StartsWith("dense: stride", StringComparison.Ordinal));
         var images = TestData.RandomImages(3, 9, height: 17, width: 17);
