@@ -39,13 +39,13 @@ internal sealed record CheckpointHeader
     /// <summary>α and T of the distillation loss, when <see cref="Teacher"/> is set.</summary>
     public double? DistillWeight { get; init; }
     public double? DistillTemperature { get; init; }
-    // The epoch the current cosine cycle started from (a --restart-lr resume); 0 for one schedule over the whole run.
+    /// <summary>The epoch the current cosine cycle started from (a --restart-lr resume); 0 for one schedule over the whole run.</summary>
     public int CycleStart { get; init; }
-    // Null in checkpoints written before the option existed: those runs used their dataset's default.
+    /// <summary>The training augmentation; null in checkpoints written before it was an option (their dataset's default).</summary>
     [JsonConverter(typeof(JsonStringEnumConverter<Augmentation>))]
     public Augmentation? Augmentation { get; init; }
 
-    // What the run's training steps augmented with.
+    /// <summary>What the run's training steps augmented with.</summary>
     public Augmentation TrainingAugmentation => Augmentation ?? TrainOptions.DefaultAugmentation(Dataset);
 }
 

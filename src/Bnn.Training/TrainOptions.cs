@@ -80,7 +80,8 @@ public sealed record TrainOptions
 
     /// <summary>
     /// The training augmentation; null keeps a resumed run's, or else takes <see cref="DefaultAugmentation"/>. Flip-only
-    /// or none suits a last low-learning-rate phase: the crops' grey borders never occur in test images.
+    /// or none serves a last phase on images as test images come, without the crops' grey borders (on the CNV it did
+    /// not raise validation accuracy: models/README.md).
     /// </summary>
     public Augmentation? Augmentation { get; init; }
 

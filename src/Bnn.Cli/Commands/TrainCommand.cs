@@ -30,10 +30,10 @@ internal static class TrainCommand
         var isFloat = new Option<bool>("--float") { Description = "train the architecture's float twin (real weights, ReLU) as a distillation teacher; writes checkpoints, no model" };
         var teacher = new Option<string?>("--teacher") { Description = "distill from this float twin's checkpoint (from `bnn train --float`)" };
         var distillWeight = new Option<double>("--distill-weight") { Description = "α: the teacher's share of the loss", DefaultValueFactory = _ => 0.5 };
+        var distillTemperature = new Option<double>("--distill-temperature") { Description = "T: the softmax temperature of the teacher's term", DefaultValueFactory = _ => 4.0 };
         var augment = new Option<string?>("--augment") { Description = "training augmentation: crop-flip, flip or none (default: the resumed run's, else crop-flip for cifar10, none for svhn)" }
             .AcceptOnlyFromAmong(AugmentationNames.Keys.ToArray());
         var restartLr = new Option<double?>("--restart-lr") { Description = "with --resume: start a new cosine cycle at this learning rate, annealed to 0 by --epochs" };
-        var distillTemperature = new Option<double>("--distill-temperature") { Description = "T: the softmax temperature of the teacher's term", DefaultValueFactory = _ => 4.0 };
         var command = new Command("train", "Train a BNN with TorchSharp and write a bit-packed model file")
         {
             arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16, keepEpochs, isFloat, teacher, distillWeight, distillTemperature, augment, restartLr,
