@@ -40,10 +40,18 @@ public sealed class AllocationTests
         }
         ScoreOneByOne();
         // The caller's allocations. The helper runs the same step code as one thread does (the test above); counting
-        // every thread's bytes would also count other tests' and the thread pool's own.
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        ScoreOneByOne();
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        // every thread's bytes would also count other tests' and the thread pool's own. Queuing the helper can still
+        // make the pool start a worker thread on the caller's thread when other tests keep its workers busy, so the
+        // evidence is one clean pass out of three: an allocation of ours would recur on every pass.
+        var passes = new List<long>();
+        do
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            ScoreOneByOne();
+            passes.Add(GC.GetAllocatedBytesForCurrentThread() - before);
+        }
+        while (passes[^1] != 0 && passes.Count < 3);
+        Assert.True(passes[^1] == 0, $"bytes allocated by the caller per pass: {string.Join(", ", passes)}");
     }
 
     private static IEngine Create(string name, BnnModel model) => name switch
