@@ -19,8 +19,6 @@ internal sealed class Augmenter(Augmentation mode, Random random)
     /// <summary>The largest shift of the crop, in pixels.</summary>
     internal const int MaxShift = 4;
 
-    internal Augmentation Mode => mode;
-
     /// <summary>The source shift (dy, dx) and whether to flip, for the next image.</summary>
     internal (int Dy, int Dx, bool Flip) Next()
     {

@@ -66,15 +66,15 @@ public static class Trainer
         int cycleStart = resumed?.CycleStart ?? 0;
         if (options.RestartLearningRate is double restartLr)
         {
-            if (resumed is null || epochs <= resumed.CompletedEpochs)
+            if (resumed is null || epochs <= resumed.CompletedEpochs || !(restartLr > 0))
             {
                 throw new BnnDataException(
-                    $"a new learning-rate cycle needs a resumed run and more epochs than it has completed ({resumed?.CompletedEpochs ?? 0})");
+                    $"a new learning-rate cycle needs a resumed run, more epochs than it has completed ({resumed?.CompletedEpochs ?? 0}) and a learning rate > 0 ({restartLr})");
             }
             lr0 = restartLr;
             cycleStart = resumed.CompletedEpochs;
         }
-        var augmentation = options.Augmentation ?? resumed?.Augmentation ?? TrainOptions.DefaultAugmentation(options.Dataset);
+        var augmentation = options.Augmentation ?? resumed?.TrainingAugmentation ?? TrainOptions.DefaultAugmentation(options.Dataset);
         int batchSize = resumed?.BatchSize ?? options.BatchSize;
 
         var all = Datasets.Load(options.Dataset, options.DataDir, "train");

@@ -88,7 +88,7 @@ public sealed class AugmentationTests
     }
 
     [Fact]
-    public void RestartLearningRate_WithoutMoreEpochsThanDone_IsAClearError()
+    public void RestartLearningRate_WithoutAResumeEpochsLeftOrAPositiveRate_IsAClearError()
     {
         using var dir = new TempDirectory();
         var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 27, seed: 3, batches: 1);
@@ -97,5 +97,7 @@ public sealed class AugmentationTests
         var first = Trainer.Train(options);
         e = Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Resume = first.CheckpointPath, RestartLearningRate = 1e-3 }));
         Assert.Contains("completed (1)", e.Message);
+        e = Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Epochs = 2, Resume = first.CheckpointPath, RestartLearningRate = 0 }));
+        Assert.Contains("learning rate > 0 (0)", e.Message);
     }
 }
