@@ -105,6 +105,13 @@ internal static class TrainCommand
         ["crop-flip"] = Augmentation.CropFlip, ["flip"] = Augmentation.Flip, ["none"] = Augmentation.None,
     };
 
+    /// <summary>
+    /// The line a non-interactive run logs per epoch. The ETA is in whole hours, not days: a long run's remaining time
+    /// passes 24 hours, and a TimeSpan's <c>hh</c> would silently drop the days.
+    /// </summary>
+    internal static string EpochLine(TrainProgress p) => string.Create(CultureInfo.InvariantCulture,
+        $"epoch {p.Epoch}/{p.Epochs}: loss {p.Loss:F4} train acc {p.Accuracy:P2} eta {(long)p.Eta.TotalHours:00}:{p.Eta.Minutes:00}:{p.Eta.Seconds:00}");
+
     private static TrainResult RunWithProgress(CliIo io, TrainOptions options)
     {
         if (!io.Interactive)
@@ -115,8 +122,7 @@ internal static class TrainCommand
                 if (p.Batch == p.Batches && p.Epoch != lastEpoch)
                 {
                     lastEpoch = p.Epoch;
-                    io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"epoch {p.Epoch}/{p.Epochs}: loss {p.Loss:F4} train acc {p.Accuracy:P2} eta {p.Eta:hh\\:mm\\:ss}"));
+                    io.Out.WriteLine(EpochLine(p));
                 }
             });
             return Trainer.Train(options, lines);

@@ -107,6 +107,17 @@ public sealed class EvalAndInfoTests
     }
 
     [Theory]
+    [InlineData(0, 0, 5, 7, "00:05:07")]
+    [InlineData(0, 23, 59, 59, "23:59:59")]
+    [InlineData(1, 5, 3, 0, "29:03:00")]
+    [InlineData(3, 0, 0, 1, "72:00:01")]
+    public void Train_EpochLine_GivesTheEtaInWholeHours_AlsoPastADay(int days, int hours, int minutes, int seconds, string eta)
+    {
+        var line = Bnn.Cli.TrainCommand.EpochLine(new Bnn.Training.TrainProgress(23, 300, 450, 450, 1.87799, 0.7152, new TimeSpan(days, hours, minutes, seconds)));
+        Assert.Equal($"epoch 23/300: loss 1.8780 train acc 71.52 % eta {eta}", line);
+    }
+
+    [Theory]
     [InlineData("eval")]
     [InlineData("info")]
     [InlineData("train")]
