@@ -45,6 +45,11 @@ internal sealed record CheckpointHeader
     [JsonConverter(typeof(JsonStringEnumConverter<Augmentation>))]
     public Augmentation? Augmentation { get; init; }
 
+    /// <summary>Whether the run trained channels-last; null in checkpoints written before this was recorded.</summary>
+    public bool? ChannelsLast { get; init; }
+    /// <summary>Whether the run multiplied binary convs in bfloat16; null in checkpoints written before this was recorded.</summary>
+    public bool? Bf16BinaryConvs { get; init; }
+
     /// <summary>What the run's training steps augmented with.</summary>
     public Augmentation TrainingAugmentation => Augmentation ?? TrainOptions.DefaultAugmentation(Dataset);
 }

@@ -46,25 +46,21 @@ public sealed record TrainOptions
     public int? MaxBatchesPerEpoch { get; init; }
 
     /// <summary>
-    /// Run convs channels-last; null chooses per architecture. Measured here (2 threads, 10 batches plus 5,000
-    /// validation images): BinaryNet-VGG 77.4 → 61.4 s, 1.26× faster; CNV no clear difference (26.0-30.1 against
-    /// 23.9-27.1 s), so it stays off there.
+    /// Run convs channels-last; null keeps a resumed run's layout, or else turns it on. Measured with 2 threads on the
+    /// Zen 4 host: BinaryNet-VGG 1.26× faster (10 batches plus 5,000 validation images, 77.4 → 61.4 s), the distilled
+    /// CNV 72.1 → 60.4 s (120 batches plus validation; an earlier 10-batch measurement had shown no clear difference).
     /// </summary>
     public bool? ChannelsLast { get; init; }
 
-    /// <summary>The layout actually used: <see cref="ChannelsLast"/>, or on for binarynet-vgg only.</summary>
-    public bool UsesChannelsLast(string arch) => ChannelsLast ?? arch == "binarynet-vgg";
-
     /// <summary>
-    /// Multiply binary convs in bfloat16 while training (see <c>BinaryNetwork.Bf16BinaryConvs</c>); null chooses:
-    /// on for binarynet-vgg, whose epochs are dominated by wide binary convs, where the CPU has bfloat16 dot
-    /// products (<see cref="CpuHasBf16DotProducts"/>). Without them there is no native bfloat16 dot product to gain
-    /// from (not measured: this machine has one).
+    /// Multiply binary convs in bfloat16 while training (see <c>BinaryNetwork.Bf16BinaryConvs</c>); null keeps a
+    /// resumed run's choice, or else turns it on where the CPU has bfloat16 dot products
+    /// (<see cref="CpuHasBf16DotProducts"/>). A resumed choice of bfloat16 is dropped on a CPU without them, where it
+    /// would only be emulated. Measured on the Zen 4 host (2 threads, the distilled CNV, channels-last): 120 batches
+    /// plus validation 49.6-56.0 s against 61.5-63.3 s, whole epochs about 147 s against 188 s (with float32 and the
+    /// default layout).
     /// </summary>
     public bool? Bf16BinaryConvs { get; init; }
-
-    /// <summary>Whether bfloat16 binary convs are actually used: <see cref="Bf16BinaryConvs"/>, or the per-architecture default.</summary>
-    public bool UsesBf16BinaryConvs(string arch) => Bf16BinaryConvs ?? (arch == "binarynet-vgg" && CpuHasBf16DotProducts);
 
     /// <summary>Whether this CPU reports AVX-512 BF16 or AMX-BF16 (Linux <c>/proc/cpuinfo</c>; false elsewhere).</summary>
     public static bool CpuHasBf16DotProducts => CpuBf16.Value;

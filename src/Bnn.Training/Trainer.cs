@@ -96,8 +96,12 @@ public static class Trainer
         {
             throw new BnnDataException("a float twin is the teacher; it does not distill from one (--float with --teacher)");
         }
-        using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: options.UsesChannelsLast(arch),
-            bf16BinaryConvs: options.UsesBf16BinaryConvs(arch), binarized: !isFloat);
+        // Layout and precision change only speed and rounding, but a resumed run keeps them unless told otherwise, so
+        // that its epochs stay comparable.
+        bool channelsLast = options.ChannelsLast ?? resumed?.ChannelsLast ?? true;
+        bool bf16 = options.Bf16BinaryConvs ?? ((resumed?.Bf16BinaryConvs ?? true) && TrainOptions.CpuHasBf16DotProducts);
+        using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: channelsLast,
+            bf16BinaryConvs: bf16, binarized: !isFloat);
         // As with the learning rate, a resumed run keeps the distillation settings it started with.
         using var distillation = teacherPath is null ? null : OpenTeacher(teacherPath, arch, width, all.Classes,
             resumed?.DistillWeight ?? options.DistillWeight, resumed?.DistillTemperature ?? options.DistillTemperature);
@@ -152,7 +156,7 @@ public static class Trainer
                 CompletedEpochs = epoch + 1, BestEpoch = bestEpoch, BestValidationAccuracy = bestAccuracy,
                 History = history, HasOptimizerState = true, Float = isFloat, Teacher = teacherPath,
                 DistillWeight = distillation?.Weight, DistillTemperature = distillation?.Temperature,
-                CycleStart = cycleStart, Augmentation = augmentation,
+                CycleStart = cycleStart, Augmentation = augmentation, ChannelsLast = net.ChannelsLast, Bf16BinaryConvs = net.Bf16BinaryConvs,
             };
             if (valAccuracy > bestAccuracy)
             {

@@ -82,6 +82,27 @@ public sealed class TrainingTests
         };
     }
 
+    [Fact]
+    public void Resume_KeepsTheRunsLayoutAndPrecision_UnlessToldOtherwise()
+    {
+        using var dir = new TempDirectory();
+        var options = TinyCnv(dir, perBatch: 100, dataSeed: 27, seed: 3, batches: 1);
+        var defaults = Checkpoint.ReadHeader(Trainer.Train(options with { Out = dir.File("d.bnn") }).CheckpointPath);
+        Assert.Equal((true, TrainOptions.CpuHasBf16DotProducts), (defaults.ChannelsLast, defaults.Bf16BinaryConvs));
+
+        // Given a run trained contiguous and in float32
+        var first = Trainer.Train(options with { ChannelsLast = false, Bf16BinaryConvs = false });
+
+        // When resuming it without either option (the plain resume kept both)
+        var kept = Checkpoint.ReadHeader(Trainer.Train(options with { Epochs = 2, Resume = first.CheckpointPath }).CheckpointPath);
+        Assert.Equal((2, false, false), (kept.CompletedEpochs, kept.ChannelsLast, kept.Bf16BinaryConvs));
+
+        // Then once more with channels-last: the explicit option won over the recorded layout only
+        var switched = Trainer.Train(options with { Epochs = 3, Resume = first.CheckpointPath, ChannelsLast = true });
+        var switchedHeader = Checkpoint.ReadHeader(switched.CheckpointPath);
+        Assert.Equal((true, false), (switchedHeader.ChannelsLast, switchedHeader.Bf16BinaryConvs));
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(1)]
