@@ -56,6 +56,11 @@ public static class Trainer
         {
             CarryBestCheckpoint(options.Resume!, resumed.BestEpoch, bestPath);
         }
+        if (options.Teacher is null && resumed?.Teacher is string recordedTeacher && !File.Exists(recordedTeacher))
+        {
+            throw new BnnDataException(
+                $"{options.Resume}: the run distilled from {recordedTeacher}, which is not there (a checkpoint records its teacher's full path); pass --teacher with that checkpoint");
+        }
         var arch = resumed?.Arch ?? options.Arch;
         var width = resumed?.Width ?? options.Width;
         int seed = resumed?.Seed ?? options.Seed;

@@ -75,6 +75,13 @@ public sealed class DistillationTests
         Assert.Equal(2, resumed.History.Count);
         using var net = Exporter.LoadNetwork(resumed.BestCheckpointPath);
         TrainingTests.AssertEngineMatchesTorch(net, ModelFile.Load(dir.File("m.bnn")), Datasets.Load("cifar10", dir.Path, "test"));
+        // And with the teacher moved, a resume says so and names the option, until it is given the new place
+        File.Move(teacher.BestCheckpointPath, dir.File("moved-teacher.ckpt"));
+        var missing = Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Epochs = 3, Resume = resumed.CheckpointPath }));
+        Assert.Contains($"distilled from {teacher.BestCheckpointPath}, which is not there", missing.Message, StringComparison.Ordinal);
+        Assert.Contains("--teacher", missing.Message, StringComparison.Ordinal);
+        var moved = Trainer.Train(options with { Epochs = 3, Resume = resumed.CheckpointPath, Teacher = dir.File("moved-teacher.ckpt") });
+        Assert.Equal(dir.File("moved-teacher.ckpt"), Checkpoint.ReadHeader(moved.CheckpointPath).Teacher);
     }
 
     [Fact]
