@@ -16,10 +16,11 @@ public static class Exporter
         return ToModel(net, checkpointPath);
     }
 
-    internal static BinaryNetwork LoadNetwork(string checkpointPath)
+    internal static BinaryNetwork LoadNetwork(string checkpointPath, bool channelsLast = false)
     {
         var header = Checkpoint.ReadHeader(checkpointPath);
-        var net = new BinaryNetwork(Architectures.Build(header.Arch, header.Width, header.Classes), binaryPadValue: header.BinaryPadValue, binarized: !header.Float);
+        var net = new BinaryNetwork(Architectures.Build(header.Arch, header.Width, header.Classes), binaryPadValue: header.BinaryPadValue,
+            channelsLast: channelsLast, binarized: !header.Float);
         Checkpoint.ReadState(checkpointPath, net, null);
         net.eval();
         return net;
