@@ -56,10 +56,11 @@ public static class Trainer
         {
             CarryBestCheckpoint(options.Resume!, resumed.BestEpoch, bestPath);
         }
-        if (options.Teacher is null && resumed?.Teacher is string recordedTeacher && !File.Exists(recordedTeacher))
+        string? teacherPath = options.Teacher is null ? resumed?.Teacher : Path.GetFullPath(options.Teacher);
+        if (options.Teacher is null && teacherPath is not null && !File.Exists(teacherPath))
         {
             throw new BnnDataException(
-                $"{options.Resume}: the run distilled from {recordedTeacher}, which is not there (a checkpoint records its teacher's full path); pass --teacher with that checkpoint");
+                $"{options.Resume}: the run distilled from {teacherPath}, which is not there (a checkpoint records its teacher's full path); pass --teacher with that checkpoint");
         }
         var arch = resumed?.Arch ?? options.Arch;
         var width = resumed?.Width ?? options.Width;
@@ -96,7 +97,6 @@ public static class Trainer
             throw new BnnDataException($"{options.Resume} is a binary network's checkpoint; --float cannot resume it");
         }
         bool isFloat = resumed?.Float ?? options.Float;
-        string? teacherPath = options.Teacher is null ? resumed?.Teacher : Path.GetFullPath(options.Teacher);
         if (isFloat && teacherPath is not null)
         {
             throw new BnnDataException("a float twin is the teacher; it does not distill from one (--float with --teacher)");
