@@ -58,7 +58,7 @@ public sealed record TrainOptions
     /// (<see cref="CpuHasBf16DotProducts"/>). A resumed choice of bfloat16 is dropped on a CPU without them, where it
     /// would only be emulated. Measured on the Zen 4 host (2 threads, the distilled CNV, channels-last): 120 batches
     /// plus validation 49.6-56.0 s against 61.5-63.3 s. With channels-last, whole epochs took 138-166 s (mean 151)
-    /// against 185-190 s contiguous in float32.
+    /// against 185-190 s contiguous in float32. A distillation teacher then runs in bfloat16 too (<c>Distillation</c>).
     /// </summary>
     public bool? Bf16BinaryConvs { get; init; }
 

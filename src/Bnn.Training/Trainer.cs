@@ -109,7 +109,7 @@ public static class Trainer
             bf16BinaryConvs: bf16, binarized: !isFloat);
         // As with the learning rate, a resumed run keeps the distillation settings it started with.
         using var distillation = teacherPath is null ? null : OpenTeacher(teacherPath, arch, width, all.Classes,
-            resumed?.DistillWeight ?? options.DistillWeight, resumed?.DistillTemperature ?? options.DistillTemperature, channelsLast);
+            resumed?.DistillWeight ?? options.DistillWeight, resumed?.DistillTemperature ?? options.DistillTemperature, channelsLast, bf16);
         var optimizer = optim.Adam(net.parameters(), lr0);
         if (resumed is not null)
         {
@@ -204,7 +204,7 @@ public static class Trainer
         AtomicFile.Copy(source, bestPath);
     }
 
-    private static Distillation OpenTeacher(string path, string arch, double width, int classes, double weight, double temperature, bool channelsLast)
+    private static Distillation OpenTeacher(string path, string arch, double width, int classes, double weight, double temperature, bool channelsLast, bool bf16)
     {
         var header = Checkpoint.ReadHeader(path);
         if (!header.Float || header.Arch != arch || header.Width != width || header.Classes != classes)
@@ -213,7 +213,7 @@ public static class Trainer
                 $"{path}: a teacher must be the float twin of {arch} ×{width} with {classes} classes (`bnn train --float`); it is " +
                 $"{(header.Float ? "the float twin" : "a binary network")} of {header.Arch} ×{header.Width} with {header.Classes} classes");
         }
-        return new Distillation(path, weight, temperature, channelsLast);
+        return new Distillation(path, weight, temperature, channelsLast, bf16);
     }
 
     /// <summary>

@@ -85,6 +85,31 @@ public sealed class DistillationTests
     }
 
     [Fact]
+    public void Bf16Teacher_GivesFloat32LogitsWithinBfloat16RoundingOfTheFloat32Teachers()
+    {
+        // Given a float twin trained briefly, loaded once as is and once in bfloat16
+        using var dir = new TempDirectory();
+        var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 44, seed: 13, batches: 2);
+        var teacher = Trainer.Train(options with { Float = true, Out = dir.File("teacher.bnn") });
+        using var exact = new Distillation(teacher.BestCheckpointPath, 0.5, 4, channelsLast: true, bf16: false);
+        using var rounded = new Distillation(teacher.BestCheckpointPath, 0.5, 4, channelsLast: true, bf16: true);
+
+        // When both score the same pixel codes
+        using var scope = NewDisposeScope();
+        manual_seed(5);
+        var x = randint(0, 256, [8, 3, 32, 32]).to(float32);
+        var a = exact.TeacherLogits(x);
+        var b = rounded.TeacherLogits(x);
+
+        // Then the bfloat16 teacher hands back float32 logits that differ (it did round) by a few percent at most
+        Assert.Equal(ScalarType.Float32, b.dtype);
+        float error = (a - b).abs().max().item<float>();
+        float scale = a.abs().max().item<float>();
+        Assert.InRange(error, 1e-6f * scale, 0.05f * scale);
+        Assert.False(a.requires_grad || b.requires_grad);
+    }
+
+    [Fact]
     public void Train_RefusesABinaryNetworkAsTeacher()
     {
         using var dir = new TempDirectory();
