@@ -19,8 +19,8 @@ internal sealed class Distillation : IDisposable
     /// Run the teacher wholly in bfloat16 (weights, batch norm, activations), where the student's binary convs run in
     /// bfloat16 too. Its logits only serve as soft targets at temperature T, so bfloat16's 8 significant bits cost
     /// nothing that matters, and the teacher's forward is about a fifth of a distilled CNV step. Measured on the Zen 4
-    /// host (2 threads, the long CNV run switched between the two twice): whole epochs 126-137 s with a float32 teacher,
-    /// 108.6-113.3 s with a bfloat16 one (1.15-1.25×).
+    /// host (2 threads, the long CNV run switched between the two twice, first epochs after a restart left out): whole
+    /// epochs 125.8-136.3 s with a float32 teacher (median 130.7), 108.6-113.3 s with a bfloat16 one (median 109.4), 1.19×.
     /// </param>
     public Distillation(string teacherCheckpoint, double weight, double temperature, bool channelsLast, bool bf16)
     {
