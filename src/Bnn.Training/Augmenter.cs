@@ -13,6 +13,19 @@ public enum Augmentation
     CropFlip,
 }
 
+/// <summary>The command line's names of the augmentations (<c>bnn train --augment</c>).</summary>
+public static class AugmentationNames
+{
+    /// <summary>Each name and its augmentation.</summary>
+    public static IReadOnlyDictionary<string, Augmentation> All { get; } = new Dictionary<string, Augmentation>(StringComparer.Ordinal)
+    {
+        ["crop-flip"] = Augmentation.CropFlip, ["flip"] = Augmentation.Flip, ["none"] = Augmentation.None,
+    };
+
+    /// <summary>The name of <paramref name="augmentation"/>.</summary>
+    public static string Of(Augmentation augmentation) => All.First(n => n.Value == augmentation).Key;
+}
+
 /// <summary>Draws one image's augmentation from a seeded random source.</summary>
 internal sealed class Augmenter(Augmentation mode, Random random)
 {

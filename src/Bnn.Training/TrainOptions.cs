@@ -1,3 +1,5 @@
+using System.Globalization;
+
 namespace Bnn.Training;
 
 /// <summary>What <c>bnn train</c> was asked to do.</summary>
@@ -106,6 +108,29 @@ public sealed record TrainOptions
 
     /// <summary>T, the softmax temperature of the distillation loss.</summary>
     public double DistillTemperature { get; init; } = 4;
+}
+
+/// <summary>
+/// What a run does once a resumed checkpoint's choices are applied to the options: a resume keeps most of them, so
+/// the command line alone does not say how the run will train.
+/// </summary>
+public sealed record TrainSetup(
+    string Arch, double Width, bool Float, string Dataset, int TrainCount, int ValidationCount, int BatchSize,
+    int CompletedEpochs, int Epochs, double LearningRate, int CycleStart, Augmentation Augmentation,
+    bool ChannelsLast, bool Bf16BinaryConvs, string? Teacher, double? DistillWeight, double? DistillTemperature, bool TeacherInBf16)
+{
+    /// <summary>One line for a log, starting with the architecture.</summary>
+    public string Describe()
+    {
+        var epochs = CompletedEpochs < Epochs ? $"epochs {CompletedEpochs + 1}-{Epochs}" : $"all {Epochs} epochs done";
+        var text = string.Create(CultureInfo.InvariantCulture,
+            $"{Arch} ×{Width}{(Float ? " (float twin)" : "")} on {Dataset}: {TrainCount:N0} training and {ValidationCount:N0} validation " +
+            $"images, batch {BatchSize}; {epochs}, learning rate {LearningRate:G3} cosine-annealed over epochs {CycleStart + 1}-{Epochs}; " +
+            $"augmentation {AugmentationNames.Of(Augmentation)}; {(ChannelsLast ? "channels-last" : "contiguous")}, " +
+            $"binary convs in {(Bf16BinaryConvs ? "bfloat16" : "float32")}");
+        return Teacher is null ? text : string.Create(CultureInfo.InvariantCulture,
+            $"{text}; distilling from {Teacher} (α {DistillWeight}, T {DistillTemperature}, in {(TeacherInBf16 ? "bfloat16" : "float32")})");
+    }
 }
 
 /// <summary>Per-epoch figures, as logged to the CSV and stored in checkpoints.</summary>

@@ -36,7 +36,12 @@ public static class Trainer
         Path.ChangeExtension(CompanionPaths(modelPath).Latest, string.Create(CultureInfo.InvariantCulture, $"epoch{epoch:D3}.ckpt"));
 
     /// <summary>Runs (or resumes) training, checkpointing after every epoch.</summary>
-    public static TrainResult Train(TrainOptions options, IProgress<TrainProgress>? progress = null, CancellationToken cancel = default)
+    /// <param name="options">What to train.</param>
+    /// <param name="progress">Receives a report after every batch.</param>
+    /// <param name="cancel">Stops the run before its next epoch.</param>
+    /// <param name="started">Receives the run's setup once data, checkpoint and teacher are loaded, before the first epoch.</param>
+    public static TrainResult Train(
+        TrainOptions options, IProgress<TrainProgress>? progress = null, CancellationToken cancel = default, Action<TrainSetup>? started = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         if (options.Epochs < 0)
@@ -115,6 +120,10 @@ public static class Trainer
         {
             Checkpoint.ReadState(options.Resume!, net, optimizer);
         }
+        started?.Invoke(new TrainSetup(
+            arch, width, isFloat, options.Dataset, train.Count, valCount, batchSize, resumed?.CompletedEpochs ?? 0, epochs, lr0, cycleStart,
+            augmentation, net.ChannelsLast, net.Bf16BinaryConvs, teacherPath, distillation?.Weight, distillation?.Temperature,
+            distillation?.InBf16 ?? false));
 
         var history = new List<EpochRecord>(resumed?.History ?? []);
         int bestEpoch = resumed?.BestEpoch ?? -1;

@@ -32,7 +32,7 @@ internal static class TrainCommand
         var distillWeight = new Option<double>("--distill-weight") { Description = "α: the teacher's share of the loss", DefaultValueFactory = _ => 0.5 };
         var distillTemperature = new Option<double>("--distill-temperature") { Description = "T: the softmax temperature of the teacher's term", DefaultValueFactory = _ => 4.0 };
         var augment = new Option<string?>("--augment") { Description = "training augmentation: crop-flip, flip or none (default: the resumed run's, else crop-flip for cifar10, none for svhn)" }
-            .AcceptOnlyFromAmong(AugmentationNames.Keys.ToArray());
+            .AcceptOnlyFromAmong(AugmentationNames.All.Keys.ToArray());
         var restartLr = new Option<double?>("--restart-lr") { Description = "with --resume: start a new cosine cycle at this learning rate, annealed to 0 by --epochs" };
         var command = new Command("train", "Train a BNN with TorchSharp and write a bit-packed model file")
         {
@@ -62,7 +62,7 @@ internal static class TrainCommand
                 Teacher = parse.GetValue(teacher),
                 DistillWeight = parse.GetValue(distillWeight),
                 DistillTemperature = parse.GetValue(distillTemperature),
-                Augmentation = parse.GetValue(augment) is string name ? AugmentationNames[name] : null,
+                Augmentation = parse.GetValue(augment) is string name ? AugmentationNames.All[name] : null,
                 RestartLearningRate = parse.GetValue(restartLr),
             };
             if (options.Epochs < 0 || options.BatchSize <= 0 || !(options.Width > 0))
@@ -100,11 +100,6 @@ internal static class TrainCommand
         return command;
     }
 
-    private static readonly Dictionary<string, Augmentation> AugmentationNames = new(StringComparer.Ordinal)
-    {
-        ["crop-flip"] = Augmentation.CropFlip, ["flip"] = Augmentation.Flip, ["none"] = Augmentation.None,
-    };
-
     /// <summary>
     /// The line a non-interactive run logs per epoch. The ETA is in whole hours, not days: a long run's remaining time
     /// passes 24 hours, and a TimeSpan's <c>hh</c> would silently drop the days.
@@ -125,7 +120,7 @@ internal static class TrainCommand
                     io.Out.WriteLine(EpochLine(p));
                 }
             });
-            return Trainer.Train(options, lines);
+            return Trainer.Train(options, lines, started: setup => io.Out.WriteLine(setup.Describe()));
         }
         TrainResult? result = null;
         AnsiConsole.Progress()
@@ -137,7 +132,7 @@ internal static class TrainCommand
                 {
                     task.Description = string.Create(CultureInfo.InvariantCulture, $"epoch {p.Epoch}/{p.Epochs} loss {p.Loss:F3} acc {p.Accuracy:P1}");
                     task.Value = ((p.Epoch - 1) + ((double)p.Batch / p.Batches)) / p.Epochs;
-                }));
+                }), started: setup => AnsiConsole.WriteLine(setup.Describe()));
             });
         return result!;
     }

@@ -117,6 +117,30 @@ public sealed class EvalAndInfoTests
         Assert.Equal($"epoch 23/300: loss 1.8780 train acc 71.52 % eta {eta}", line);
     }
 
+    [Fact]
+    public void Train_SetupLine_NamesWhatTheRunWillDo_WithTheResumedChoices()
+    {
+        var fresh = new Bnn.Training.TrainSetup("cnv", 1, false, "cifar10", 45000, 5000, 100, 0, 300, 2e-3, 0,
+            Bnn.Training.Augmentation.CropFlip, true, true, null, null, null, false);
+        Assert.Equal(
+            "cnv ×1 on cifar10: 45,000 training and 5,000 validation images, batch 100; epochs 1-300, learning rate 0.002 " +
+            "cosine-annealed over epochs 1-300; augmentation crop-flip; channels-last, binary convs in bfloat16",
+            fresh.Describe());
+
+        var resumed = fresh with
+        {
+            Width = 0.5, CompletedEpochs = 82, CycleStart = 80, LearningRate = 1e-4, Augmentation = Bnn.Training.Augmentation.Flip,
+            ChannelsLast = false, Bf16BinaryConvs = false, Teacher = "/ckpt/teacher.best.ckpt", DistillWeight = 0.5, DistillTemperature = 4,
+        };
+        Assert.Equal(
+            "cnv ×0.5 on cifar10: 45,000 training and 5,000 validation images, batch 100; epochs 83-300, learning rate 0.0001 " +
+            "cosine-annealed over epochs 81-300; augmentation flip; contiguous, binary convs in float32; distilling from " +
+            "/ckpt/teacher.best.ckpt (α 0.5, T 4, in float32)",
+            resumed.Describe());
+        Assert.StartsWith("cnv ×1 (float twin) on cifar10: 45,000 training and 5,000 validation images, batch 100; all 300 epochs done,",
+            (fresh with { Float = true, CompletedEpochs = 300 }).Describe(), StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("eval")]
     [InlineData("info")]

@@ -64,11 +64,18 @@ public sealed class DistillationTests
         var refusal = Assert.Throws<BnnDataException>(() => Exporter.FromCheckpoint(teacher.BestCheckpointPath));
         Assert.Contains("float", refusal.Message, StringComparison.Ordinal);
 
-        // When a BNN distills from it, then resumes (the teacher is remembered by the checkpoint)
-        var student = Trainer.Train(options with { Teacher = teacher.BestCheckpointPath, DistillWeight = 0.7, DistillTemperature = 2 });
-        var resumed = Trainer.Train(options with { Epochs = 2, Resume = student.CheckpointPath });
+        // When a BNN distills from it in bfloat16, then resumes in float32 (the teacher is remembered by the checkpoint)
+        var setups = new List<TrainSetup>();
+        var student = Trainer.Train(options with { Teacher = teacher.BestCheckpointPath, DistillWeight = 0.7, DistillTemperature = 2, Bf16BinaryConvs = true },
+            started: setups.Add);
+        var resumed = Trainer.Train(options with { Epochs = 2, Resume = student.CheckpointPath, Bf16BinaryConvs = false }, started: setups.Add);
 
-        // Then the student records its teacher, and the engine reproduces its exported model exactly
+        // Then the teacher ran in the student's precision each time, and the resume kept the distillation settings
+        Assert.Equal([(true, true), (false, false)], setups.Select(s => (s.Bf16BinaryConvs, s.TeacherInBf16)));
+        Assert.All(setups, s => Assert.Equal((teacher.BestCheckpointPath, 0.7, 2.0), (s.Teacher, s.DistillWeight!.Value, s.DistillTemperature!.Value)));
+        Assert.Equal([0, 1], setups.Select(s => s.CompletedEpochs));
+
+        // And the student records its teacher, and the engine reproduces its exported model exactly
         var header = Checkpoint.ReadHeader(resumed.CheckpointPath);
         Assert.Equal(teacher.BestCheckpointPath, header.Teacher);
         Assert.Equal((0.7, 2.0), (header.DistillWeight, header.DistillTemperature));

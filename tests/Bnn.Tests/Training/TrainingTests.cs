@@ -83,6 +83,23 @@ public sealed class TrainingTests
     }
 
     [Fact]
+    public void TrainCommand_LogsTheSetupFirst_ThenOneLinePerEpoch()
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, 100, seed: 29, learnable: true);
+        var (code, output, error) = Bnn.Tests.Cli.CliRunner.Run("train", "--arch", "cnv", "--width", "0.125", "--dataset", "cifar10",
+            "--data", dir.Path, "--epochs", "2", "--batch", "20", "--max-batches", "1", "--bf16-convs", "false", "--out", dir.File("m.bnn"));
+
+        Assert.True(code == 0, error);
+        var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(
+            "cnv ×0.125 on cifar10: 400 training and 100 validation images, batch 20; epochs 1-2, learning rate 0.002 cosine-annealed " +
+            "over epochs 1-2; augmentation crop-flip; channels-last, binary convs in float32", lines[0]);
+        Assert.StartsWith("epoch 1/2: loss ", lines[1], StringComparison.Ordinal);
+        Assert.StartsWith("epoch 2/2: loss ", lines[2], StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Resume_KeepsTheRunsLayoutAndPrecision_UnlessToldOtherwise()
     {
         using var dir = new TempDirectory();
