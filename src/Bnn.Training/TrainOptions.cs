@@ -129,7 +129,7 @@ public sealed record TrainSetup(
             $"augmentation {AugmentationNames.Of(Augmentation)}; {(ChannelsLast ? "channels-last" : "contiguous")}, " +
             $"binary convs in {(Bf16BinaryConvs ? "bfloat16" : "float32")}");
         return Teacher is null ? text : string.Create(CultureInfo.InvariantCulture,
-            $"{text}; distilling from {Teacher} (α {DistillWeight}, T {DistillTemperature}, in {(TeacherInBf16 ? "bfloat16" : "float32")})");
+            $"{text}; distilling from {Teacher} (α {DistillWeight}, T {DistillTemperature}), teacher in {(TeacherInBf16 ? "bfloat16" : "float32")}");
     }
 }
 

@@ -135,8 +135,9 @@ public sealed class EvalAndInfoTests
         Assert.Equal(
             "cnv ×0.5 on cifar10: 45,000 training and 5,000 validation images, batch 100; epochs 83-300, learning rate 0.0001 " +
             "cosine-annealed over epochs 81-300; augmentation flip; contiguous, binary convs in float32; distilling from " +
-            "/ckpt/teacher.best.ckpt (α 0.5, T 4, in float32)",
+            "/ckpt/teacher.best.ckpt (α 0.5, T 4), teacher in float32",
             resumed.Describe());
+        Assert.EndsWith("(α 0.5, T 4), teacher in bfloat16", (resumed with { TeacherInBf16 = true }).Describe(), StringComparison.Ordinal);
         Assert.StartsWith("cnv ×1 (float twin) on cifar10: 45,000 training and 5,000 validation images, batch 100; all 300 epochs done,",
             (fresh with { Float = true, CompletedEpochs = 300 }).Describe(), StringComparison.Ordinal);
     }
