@@ -43,6 +43,7 @@ public static class BnnApp
         DownloadCommand.Create(io),
         AnalyzeCommand.Create(io),
         ShareCommand.Create(io),
+        CheckpointCommands.Info(io),
         CheckpointCommands.Export(io),
         CheckpointCommands.Average(io),
         CheckpointCommands.Fidelity(io),

@@ -126,11 +126,13 @@ public sealed record TrainSetup(
         var text = string.Create(CultureInfo.InvariantCulture,
             $"{Arch} ×{Width}{(Float ? " (float twin)" : "")} on {Dataset}: {TrainCount:N0} training and {ValidationCount:N0} validation " +
             $"images, batch {BatchSize}; {epochs}, learning rate {LearningRate:G3} cosine-annealed over epochs {CycleStart + 1}-{Epochs}; " +
-            $"augmentation {AugmentationNames.Of(Augmentation)}; {(ChannelsLast ? "channels-last" : "contiguous")}, " +
-            $"binary convs in {(Bf16BinaryConvs ? "bfloat16" : "float32")}");
+            $"augmentation {AugmentationNames.Of(Augmentation)}; {LayoutAndPrecision(ChannelsLast, Bf16BinaryConvs)}");
         return Teacher is null ? text : string.Create(CultureInfo.InvariantCulture,
             $"{text}; distilling from {Teacher} (α {DistillWeight}, T {DistillTemperature}), teacher in {(TeacherInBf16 ? "bfloat16" : "float32")}");
     }
+
+    internal static string LayoutAndPrecision(bool channelsLast, bool bf16BinaryConvs) =>
+        $"{(channelsLast ? "channels-last" : "contiguous")}, binary convs in {(bf16BinaryConvs ? "bfloat16" : "float32")}";
 }
 
 /// <summary>Per-epoch figures, as logged to the CSV and stored in checkpoints.</summary>

@@ -7,7 +7,7 @@ using TorchSharp;
 
 namespace Bnn.Cli;
 
-/// <summary>Commands on training checkpoints: export to a model file, average a run's epochs, and check the engine against TorchSharp.</summary>
+/// <summary>Commands on training checkpoints: describe one, export it to a model file, average a run's epochs, and check the engine against TorchSharp.</summary>
 internal static class CheckpointCommands
 {
     public static Command Export(CliIo io)
@@ -24,6 +24,43 @@ internal static class CheckpointCommands
             }
             ModelFile.Save(Exporter.FromCheckpoint(path), parse.GetValue(output)!);
             io.Out.WriteLine($"wrote {parse.GetValue(output)}");
+            return BnnApp.Ok;
+        }));
+        return command;
+    }
+
+    public static Command Info(CliIo io)
+    {
+        var checkpoint = new Option<string>("--checkpoint") { Description = "training checkpoint (.ckpt)", Required = true };
+        var last = new Option<int>("--last") { Description = "how many of the last epochs to list", DefaultValueFactory = _ => 5 };
+        var plot = new Option<string?>("--plot") { Description = "also draw the run's accuracy and learning-rate curves into this PNG" };
+        var command = new Command("checkpoint-info", "Describe a training checkpoint from its header: the run, its schedule, its best epoch, whether it resumes, its last epochs")
+        {
+            checkpoint, last, plot,
+        };
+        command.SetAction(parse => BnnApp.Guard(io, () =>
+        {
+            var path = parse.GetValue(checkpoint)!;
+            if (!File.Exists(path))
+            {
+                throw new UsageException($"--checkpoint: {path} not found");
+            }
+            if (parse.GetValue(last) < 0)
+            {
+                throw new UsageException("--last must be ≥ 0");
+            }
+            var plotPath = parse.GetValue(plot);
+            if (plotPath is not null && Path.GetFullPath(plotPath) == Path.GetFullPath(path))
+            {
+                throw new UsageException($"--plot {plotPath} would overwrite the checkpoint");
+            }
+            io.Out.Write(CheckpointReport.Describe(path, parse.GetValue(last)));
+            if (plotPath is not null)
+            {
+                Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(plotPath))!);
+                Plots.TrainingCurves(CheckpointReport.History(path), CheckpointReport.BestEpoch(path), plotPath);
+                io.Out.WriteLine($"wrote {plotPath}");
+            }
             return BnnApp.Ok;
         }));
         return command;

@@ -148,6 +148,7 @@ public sealed class EvalAndInfoTests
     [InlineData("train")]
     [InlineData("download")]
     [InlineData("random-model")]
+    [InlineData("checkpoint-info")]
     public void Help_EveryCommand_PrintsUsage(string command)
     {
         var (code, output, _) = CliRunner.Run(command, "--help");

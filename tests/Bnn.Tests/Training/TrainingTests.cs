@@ -97,6 +97,35 @@ public sealed class TrainingTests
             "over epochs 1-2; augmentation crop-flip; channels-last, binary convs in float32", lines[0]);
         Assert.StartsWith("epoch 1/2: loss ", lines[1], StringComparison.Ordinal);
         Assert.StartsWith("epoch 2/2: loss ", lines[2], StringComparison.Ordinal);
+
+        // The run's checkpoint then describes itself, and draws its curves
+        var plot = dir.File("plots/curves.png");
+        (code, output, error) = Bnn.Tests.Cli.CliRunner.Run("checkpoint-info", "--checkpoint", dir.File("m.ckpt"), "--last", "2", "--plot", plot);
+        Assert.True(code == 0, error);
+        lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal("cnv ×0.125 on cifar10, seed 1, batch 20, 100 validation images", lines[0]);
+        Assert.Equal("epoch 2 of 2 done; learning rate 2e-3 cosine-annealed over epochs 1-2; augmentation crop-flip; channels-last, binary convs in float32", lines[1]);
+        Assert.Matches(@"^best validation \d+\.\d\d % at epoch [12]; resumable \(holds Adam's state\)$", lines[2]);
+        Assert.Equal(["epoch", "1", "2"], lines[4..7].Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[0]));
+        var png = File.ReadAllBytes(plot);
+        Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, png[..4]);
+        Assert.Equal((900, 500), (System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(png.AsSpan(16)), System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(png.AsSpan(20))));
+    }
+
+    [Fact]
+    public void CheckpointInfo_RefusesAMissingCheckpoint_AndAPlotThatWouldOverwriteIt()
+    {
+        using var dir = new TempDirectory();
+        var (code, _, error) = Bnn.Tests.Cli.CliRunner.Run("checkpoint-info", "--checkpoint", dir.File("none.ckpt"));
+        Assert.Equal((1, true), (code, error.Contains("not found", StringComparison.Ordinal)));
+
+        var path = dir.File("run.ckpt");
+        File.WriteAllText(path, "kept");
+        (code, _, error) = Bnn.Tests.Cli.CliRunner.Run("checkpoint-info", "--checkpoint", path, "--plot", path);
+        Assert.Equal((1, true, "kept"), (code, error.Contains("would overwrite", StringComparison.Ordinal), File.ReadAllText(path)));
+
+        (code, _, error) = Bnn.Tests.Cli.CliRunner.Run("checkpoint-info", "--checkpoint", path);
+        Assert.Equal((2, true), (code, error.Contains("not a bnn training checkpoint", StringComparison.Ordinal)));
     }
 
     [Fact]

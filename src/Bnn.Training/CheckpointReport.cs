@@ -1,0 +1,109 @@
+using System.Globalization;
+using System.Text;
+
+namespace Bnn.Training;
+
+/// <summary>
+/// A training checkpoint described from its header alone, without loading weights: the run, where its schedule
+/// stands, its best epoch, whether it can be resumed, and its last epochs. A run resumed across sessions is steered
+/// by exactly these facts, which otherwise only show once training has started again.
+/// </summary>
+public static class CheckpointReport
+{
+    /// <summary>Every epoch the checkpoint's run has logged, from its first (resumes carry the history on).</summary>
+    public static IReadOnlyList<EpochRecord> History(string path) => Checkpoint.ReadHeader(path).History;
+
+    /// <summary>The run's best epoch, or 0 when no epoch has completed.</summary>
+    public static int BestEpoch(string path) => Math.Max(0, Checkpoint.ReadHeader(path).BestEpoch);
+
+    /// <summary>A few lines on the run and its position, then a table of its last <paramref name="lastEpochs"/> epochs.</summary>
+    public static string Describe(string path, int lastEpochs = 5)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(lastEpochs);
+        return Describe(Checkpoint.ReadHeader(path), lastEpochs);
+    }
+
+    internal static string Describe(CheckpointHeader h, int lastEpochs)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var text = new StringBuilder();
+        text.Append(inv, $"{h.Arch} ×{h.Width}{(h.Float ? " (float twin)" : "")} on {h.Dataset}, seed {h.Seed}, batch {h.BatchSize}, ")
+            .Append(inv, $"{h.ValidationCount:N0} validation images");
+        if (h.Teacher is not null)
+        {
+            text.Append(inv, $"; distilling from {h.Teacher} (α {h.DistillWeight}, T {h.DistillTemperature})");
+        }
+        text.AppendLine();
+
+        text.Append(inv, $"epoch {h.CompletedEpochs} of {h.Epochs} done; learning rate {Rate(h.LearningRate)} cosine-annealed over epochs {h.CycleStart + 1}-{h.Epochs}");
+        if (h.CompletedEpochs < h.Epochs)
+        {
+            double next = Trainer.CosineLearningRate(h.LearningRate, h.CompletedEpochs - h.CycleStart, h.Epochs - h.CycleStart);
+            text.Append(inv, $", {Rate(next)} for epoch {h.CompletedEpochs + 1}");
+        }
+        text.Append(inv, $"; augmentation {AugmentationNames.Of(h.TrainingAugmentation)}; ")
+            .AppendLine(h.ChannelsLast is bool cl && h.Bf16BinaryConvs is bool bf16
+                ? TrainSetup.LayoutAndPrecision(cl, bf16)
+                : "layout and precision not recorded (a checkpoint from before they were)");
+
+        text.Append(h.BestEpoch > 0
+            ? string.Create(inv, $"best validation {h.BestValidationAccuracy:P2} at epoch {h.BestEpoch}; ")
+            : "no epoch completed; ");
+        text.AppendLine(h switch
+        {
+            { AveragedEpochs: { Count: > 0 } averaged } => string.Create(inv,
+                $"weights only: the average of epochs {Ranges(averaged)}{(h.RecalibrationImages is int n ? string.Create(inv, $", batch norm re-estimated on {n:N0} training images") : "")}"),
+            { HasOptimizerState: true } => "resumable (holds Adam's state)",
+            _ => "weights only, without Adam's state: export or evaluate it; resume from the run's latest checkpoint",
+        });
+
+        if (h.History.Count == 0)
+        {
+            return text.ToString();
+        }
+        // Timing and memory of recent epochs only: a long run's early epochs ran on other builds and settings.
+        var recent = h.History.TakeLast(Math.Max(1, lastEpochs)).ToList();
+        var seconds = recent.Select(r => r.EpochSeconds).Order().ToList();
+        text.Append(inv, $"wall time {Hours(h.History[^1].WallSeconds)}; ")
+            .Append(recent.Count == 1
+                ? string.Create(inv, $"the last epoch took {seconds[0]:F1} s")
+                : string.Create(inv, $"the last {recent.Count} epochs took {seconds[0]:F1}-{seconds[^1]:F1} s (median {Median(seconds):F1})"))
+            .AppendLine(inv, $", peak RSS {recent.Max(r => r.PeakRssMb):N0} MB");
+        if (lastEpochs > 0)
+        {
+            text.AppendLine("epoch  train loss  train acc  val loss  val acc        lr  seconds");
+            foreach (var r in recent)
+            {
+                text.AppendLine(inv,
+                    $"{r.Epoch,5}  {r.TrainLoss,10:F4}  {r.TrainAccuracy,9:P2}  {r.ValidationLoss,8:F4}  {r.ValidationAccuracy,7:P2}  {Rate(r.LearningRate),8}  {r.EpochSeconds,7:F1}");
+            }
+        }
+        return text.ToString();
+    }
+
+    /// <summary>A learning rate in three significant digits, as 2e-3 or 1.22e-3, so that a schedule's tail stays readable.</summary>
+    internal static string Rate(double rate) => rate.ToString("0.##e-0", CultureInfo.InvariantCulture);
+
+    /// <summary>Epoch numbers with consecutive runs joined: 305-314, or 3, 5-7.</summary>
+    private static string Ranges(IReadOnlyList<int> epochs)
+    {
+        var parts = new List<string>();
+        for (int i = 0; i < epochs.Count;)
+        {
+            int j = i;
+            while (j + 1 < epochs.Count && epochs[j + 1] == epochs[j] + 1)
+            {
+                j++;
+            }
+            parts.Add(j == i ? $"{epochs[i]}" : $"{epochs[i]}-{epochs[j]}");
+            i = j + 1;
+        }
+        return string.Join(", ", parts);
+    }
+
+    private static string Hours(double seconds) =>
+        string.Create(CultureInfo.InvariantCulture, $"{(int)(seconds / 3600)}:{TimeSpan.FromSeconds(seconds):mm\\:ss}");
+
+    private static double Median(List<double> sorted) =>
+        sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[(sorted.Count / 2) - 1] + sorted[sorted.Count / 2]) / 2;
+}
