@@ -27,11 +27,11 @@ public static class CheckpointReport
     {
         var inv = CultureInfo.InvariantCulture;
         var text = new StringBuilder();
-        text.Append(inv, $"{h.Arch} ×{h.Width}{(h.Float ? " (float twin)" : "")} on {h.Dataset}, seed {h.Seed}, batch {h.BatchSize}, ")
+        text.Append(TrainSetup.Network(h.Arch, h.Width, h.Float, h.Dataset)).Append(inv, $", seed {h.Seed}, batch {h.BatchSize}, ")
             .Append(inv, $"{h.ValidationCount:N0} validation images");
         if (h.Teacher is not null)
         {
-            text.Append(inv, $"; distilling from {h.Teacher} (α {h.DistillWeight}, T {h.DistillTemperature})");
+            text.Append("; ").Append(TrainSetup.Distilling(h.Teacher, h.DistillWeight, h.DistillTemperature));
         }
         text.AppendLine();
 

@@ -124,12 +124,19 @@ public sealed record TrainSetup(
     {
         var epochs = CompletedEpochs < Epochs ? $"epochs {CompletedEpochs + 1}-{Epochs}" : $"all {Epochs} epochs done";
         var text = string.Create(CultureInfo.InvariantCulture,
-            $"{Arch} ×{Width}{(Float ? " (float twin)" : "")} on {Dataset}: {TrainCount:N0} training and {ValidationCount:N0} validation " +
+            $"{Network(Arch, Width, Float, Dataset)}: {TrainCount:N0} training and {ValidationCount:N0} validation " +
             $"images, batch {BatchSize}; {epochs}, learning rate {LearningRate:G3} cosine-annealed over epochs {CycleStart + 1}-{Epochs}; " +
             $"augmentation {AugmentationNames.Of(Augmentation)}; {LayoutAndPrecision(ChannelsLast, Bf16BinaryConvs)}");
         return Teacher is null ? text : string.Create(CultureInfo.InvariantCulture,
-            $"{text}; distilling from {Teacher} (α {DistillWeight}, T {DistillTemperature}), teacher in {(TeacherInBf16 ? "bfloat16" : "float32")}");
+            $"{text}; {Distilling(Teacher, DistillWeight, DistillTemperature)}, teacher in {(TeacherInBf16 ? "bfloat16" : "float32")}");
     }
+
+    // The phrases below are shared with CheckpointReport, so that a run's setup line and its checkpoint's description read alike.
+    internal static string Network(string arch, double width, bool isFloat, string dataset) =>
+        string.Create(CultureInfo.InvariantCulture, $"{arch} ×{width}{(isFloat ? " (float twin)" : "")} on {dataset}");
+
+    internal static string Distilling(string teacher, double? weight, double? temperature) =>
+        string.Create(CultureInfo.InvariantCulture, $"distilling from {teacher} (α {weight}, T {temperature})");
 
     internal static string LayoutAndPrecision(bool channelsLast, bool bf16BinaryConvs) =>
         $"{(channelsLast ? "channels-last" : "contiguous")}, binary convs in {(bf16BinaryConvs ? "bfloat16" : "float32")}";
