@@ -35,7 +35,7 @@ public static class CheckpointReport
         }
         text.AppendLine();
 
-        text.Append(inv, $"epoch {h.CompletedEpochs} of {h.Epochs} done; learning rate {Rate(h.LearningRate)} cosine-annealed over epochs {h.CycleStart + 1}-{h.Epochs}");
+        text.Append(inv, $"epoch {h.CompletedEpochs} of {h.Epochs} done; ").Append(TrainSetup.Schedule(h.LearningRate, h.CycleStart, h.Epochs));
         if (h.CompletedEpochs < h.Epochs)
         {
             double next = Trainer.CosineLearningRate(h.LearningRate, h.CompletedEpochs - h.CycleStart, h.Epochs - h.CycleStart);

@@ -125,7 +125,7 @@ public sealed record TrainSetup(
         var epochs = CompletedEpochs < Epochs ? $"epochs {CompletedEpochs + 1}-{Epochs}" : $"all {Epochs} epochs done";
         var text = string.Create(CultureInfo.InvariantCulture,
             $"{Network(Arch, Width, Float, Dataset)}: {TrainCount:N0} training and {ValidationCount:N0} validation " +
-            $"images, batch {BatchSize}; {epochs}, learning rate {LearningRate:G3} cosine-annealed over epochs {CycleStart + 1}-{Epochs}; " +
+            $"images, batch {BatchSize}; {epochs}, {Schedule(LearningRate, CycleStart, Epochs)}; " +
             $"augmentation {AugmentationNames.Of(Augmentation)}; {LayoutAndPrecision(ChannelsLast, Bf16BinaryConvs)}");
         return Teacher is null ? text : string.Create(CultureInfo.InvariantCulture,
             $"{text}; {Distilling(Teacher, DistillWeight, DistillTemperature)}, teacher in {(TeacherInBf16 ? "bfloat16" : "float32")}");
@@ -134,6 +134,9 @@ public sealed record TrainSetup(
     // The phrases below are shared with CheckpointReport, so that a run's setup line and its checkpoint's description read alike.
     internal static string Network(string arch, double width, bool isFloat, string dataset) =>
         string.Create(CultureInfo.InvariantCulture, $"{arch} ×{width}{(isFloat ? " (float twin)" : "")} on {dataset}");
+
+    internal static string Schedule(double learningRate, int cycleStart, int epochs) =>
+        string.Create(CultureInfo.InvariantCulture, $"learning rate {CheckpointReport.Rate(learningRate)} cosine-annealed over epochs {cycleStart + 1}-{epochs}");
 
     internal static string Distilling(string teacher, double? weight, double? temperature) =>
         string.Create(CultureInfo.InvariantCulture, $"distilling from {teacher} (α {weight}, T {temperature})");

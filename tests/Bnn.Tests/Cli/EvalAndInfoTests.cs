@@ -123,7 +123,7 @@ public sealed class EvalAndInfoTests
         var fresh = new Bnn.Training.TrainSetup("cnv", 1, false, "cifar10", 45000, 5000, 100, 0, 300, 2e-3, 0,
             Bnn.Training.Augmentation.CropFlip, true, true, null, null, null, false);
         Assert.Equal(
-            "cnv ×1 on cifar10: 45,000 training and 5,000 validation images, batch 100; epochs 1-300, learning rate 0.002 " +
+            "cnv ×1 on cifar10: 45,000 training and 5,000 validation images, batch 100; epochs 1-300, learning rate 2e-3 " +
             "cosine-annealed over epochs 1-300; augmentation crop-flip; channels-last, binary convs in bfloat16",
             fresh.Describe());
 
@@ -133,7 +133,7 @@ public sealed class EvalAndInfoTests
             ChannelsLast = false, Bf16BinaryConvs = false, Teacher = "/ckpt/teacher.best.ckpt", DistillWeight = 0.5, DistillTemperature = 4,
         };
         Assert.Equal(
-            "cnv ×0.5 on cifar10: 45,000 training and 5,000 validation images, batch 100; epochs 83-300, learning rate 0.0001 " +
+            "cnv ×0.5 on cifar10: 45,000 training and 5,000 validation images, batch 100; epochs 83-300, learning rate 1e-4 " +
             "cosine-annealed over epochs 81-300; augmentation flip; contiguous, binary convs in float32; distilling from " +
             "/ckpt/teacher.best.ckpt (α 0.5, T 4), teacher in float32",
             resumed.Describe());

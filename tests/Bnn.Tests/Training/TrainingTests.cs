@@ -93,7 +93,7 @@ public sealed class TrainingTests
         Assert.True(code == 0, error);
         var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(
-            "cnv ×0.125 on cifar10: 400 training and 100 validation images, batch 20; epochs 1-2, learning rate 0.002 cosine-annealed " +
+            "cnv ×0.125 on cifar10: 400 training and 100 validation images, batch 20; epochs 1-2, learning rate 2e-3 cosine-annealed " +
             "over epochs 1-2; augmentation crop-flip; channels-last, binary convs in float32", lines[0]);
         Assert.StartsWith("epoch 1/2: loss ", lines[1], StringComparison.Ordinal);
         Assert.StartsWith("epoch 2/2: loss ", lines[2], StringComparison.Ordinal);
@@ -113,7 +113,7 @@ public sealed class TrainingTests
     }
 
     [Fact]
-    public void CheckpointInfo_RefusesAMissingCheckpoint_AndAPlotThatWouldOverwriteIt()
+    public void CheckpointInfo_RefusesAMissingCheckpoint_APlotThatWouldOverwriteIt_AndAPlotOfNoEpochs()
     {
         using var dir = new TempDirectory();
         var (code, _, error) = Bnn.Tests.Cli.CliRunner.Run("checkpoint-info", "--checkpoint", dir.File("none.ckpt"));
@@ -126,6 +126,23 @@ public sealed class TrainingTests
 
         (code, _, error) = Bnn.Tests.Cli.CliRunner.Run("checkpoint-info", "--checkpoint", path);
         Assert.Equal((2, true), (code, error.Contains("not a bnn training checkpoint", StringComparison.Ordinal)));
+
+        // A checkpoint with no completed epoch is described, but has no curves to draw
+        var fresh = dir.File("fresh.ckpt");
+        using (var net = new BinaryNetwork([new ConvSpec(4, 3, 1, 0), new OutputSpec(2)], inChannels: 3, inputSize: 5))
+        {
+            Checkpoint.Write(fresh, new CheckpointHeader
+            {
+                Arch = "cnv", Width = 0.125, Dataset = "cifar10", Classes = 2, BinaryPadValue = 1, Seed = 1, Epochs = 3,
+                LearningRate = 2e-3, BatchSize = 20, ValidationCount = 100, CompletedEpochs = 0, BestEpoch = 0, BestValidationAccuracy = 0,
+                History = [], HasOptimizerState = false,
+            }, net, optimizer: null);
+        }
+        (code, var output, error) = Bnn.Tests.Cli.CliRunner.Run("checkpoint-info", "--checkpoint", fresh);
+        Assert.True(code == 0, error);
+        Assert.Contains("epoch 0 of 3 done", output, StringComparison.Ordinal);
+        (code, _, error) = Bnn.Tests.Cli.CliRunner.Run("checkpoint-info", "--checkpoint", fresh, "--plot", dir.File("curves.png"));
+        Assert.Equal((1, true, false), (code, error.Contains("no completed epoch to draw", StringComparison.Ordinal), File.Exists(dir.File("curves.png"))));
     }
 
     [Fact]
