@@ -83,10 +83,10 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     public bool Binarized { get; }
 
     /// <summary>The weights a stage multiplies by: their signs, or (float twin) the weights themselves.</summary>
-    internal static Tensor StageWeights(Parameter latent, bool binarized) => binarized ? SteSign.apply(latent) : latent;
+    internal static Tensor StageWeights(Parameter latent, bool binarized) => binarized ? SteSign.Sign(latent) : latent;
 
     /// <summary>A stage's activation after batch norm: sign, or (float twin) ReLU.</summary>
-    internal static Tensor Activate(Tensor x, bool binarized) => binarized ? SteSign.apply(x) : nn.functional.relu(x);
+    internal static Tensor Activate(Tensor x, bool binarized) => binarized ? SteSign.Sign(x) : nn.functional.relu(x);
 
     public IReadOnlyList<nn.Module<Tensor, Tensor>> Stages => [.. stages];
 

@@ -25,6 +25,12 @@ internal sealed class SteSign : autograd.SingleTensorFunction<SteSign>
         return [grad_output * x.abs().le(1.0).to_type(grad_output.dtype)];
     }
 
+    /// <summary>
+    /// Sign with the estimator where a gradient can flow, the forward map alone where none can (evaluation, a
+    /// teacher, validation): a custom function's node costs a managed context per call even when no graph is built.
+    /// </summary>
+    public static Tensor Sign(Tensor x) => is_grad_enabled() && x.requires_grad ? apply(x) : Binarize(x);
+
     /// <summary>The forward map alone: +1 where x ≥ 0, −1 elsewhere, in x's dtype.</summary>
     public static Tensor Binarize(Tensor x) => where(x.ge(0), ones_like(x), ones_like(x).neg());
 }

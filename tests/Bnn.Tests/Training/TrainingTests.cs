@@ -20,10 +20,18 @@ public sealed class TrainingTests
     {
         using var scope = NewDisposeScope();
         var x = tensor(new float[] { -2f, -1f, -0.5f, 0f, 0.5f, 1f, 1.5f }, requires_grad: true);
-        var y = SteSign.apply(x);
+        var y = SteSign.Sign(x);
         Assert.Equal(new float[] { -1, -1, -1, 1, 1, 1, 1 }, y.data<float>().ToArray());
         (y * tensor(new float[] { 1, 2, 3, 4, 5, 6, 7 })).sum().backward();
         Assert.Equal(new float[] { 0, 2, 3, 4, 5, 6, 0 }, x.grad!.data<float>().ToArray());
+
+        // Where no gradient can flow, the same values, and no graph
+        using (no_grad())
+        {
+            var evaluated = SteSign.Sign(x);
+            Assert.False(evaluated.requires_grad);
+            Assert.Equal(y.data<float>().ToArray(), evaluated.data<float>().ToArray());
+        }
     }
 
     [Theory]
