@@ -68,7 +68,14 @@ public static class CheckpointReport
             .Append(recent.Count == 1
                 ? string.Create(inv, $"the last epoch took {seconds[0]:F1} s")
                 : string.Create(inv, $"the last {recent.Count} epochs took {seconds[0]:F1}-{seconds[^1]:F1} s (median {Median(seconds):F1})"))
-            .AppendLine(inv, $", peak RSS {recent.Max(r => r.PeakRssMb):N0} MB");
+            .Append(inv, $", peak RSS {recent.Max(r => r.PeakRssMb):N0} MB");
+        // What a resumed run must plan a session around: the schedule's remaining time at the recent pace.
+        int left = h.Epochs - h.CompletedEpochs;
+        if (left > 0)
+        {
+            text.Append(inv, $"; {left} epoch{(left == 1 ? "" : "s")} to go, about {Hours(left * Median(seconds))} at {(recent.Count == 1 ? "that pace" : "the median")}");
+        }
+        text.AppendLine();
         if (lastEpochs > 0)
         {
             text.AppendLine("epoch  train loss  train acc  val loss  val acc        lr  seconds");
