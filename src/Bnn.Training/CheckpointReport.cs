@@ -8,22 +8,29 @@ namespace Bnn.Training;
 /// stands, its best epoch, whether it can be resumed, and its last epochs. A run resumed across sessions is steered
 /// by exactly these facts, which otherwise only show once training has started again.
 /// </summary>
-public static class CheckpointReport
+public sealed class CheckpointReport
 {
+    private readonly CheckpointHeader header;
+
+    internal CheckpointReport(CheckpointHeader header) => this.header = header;
+
+    /// <summary>Reads the checkpoint's header once; the weights are not loaded.</summary>
+    public static CheckpointReport Read(string path) => new(Checkpoint.ReadHeader(path));
+
     /// <summary>Every epoch the checkpoint's run has logged, from its first (resumes carry the history on).</summary>
-    public static IReadOnlyList<EpochRecord> History(string path) => Checkpoint.ReadHeader(path).History;
+    public IReadOnlyList<EpochRecord> History => header.History;
 
     /// <summary>The run's best epoch, or 0 when no epoch has completed.</summary>
-    public static int BestEpoch(string path) => Math.Max(0, Checkpoint.ReadHeader(path).BestEpoch);
+    public int BestEpoch => Math.Max(0, header.BestEpoch);
 
     /// <summary>A few lines on the run and its position, then a table of its last <paramref name="lastEpochs"/> epochs.</summary>
-    public static string Describe(string path, int lastEpochs = 5)
+    public string Describe(int lastEpochs = 5)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(lastEpochs);
-        return Describe(Checkpoint.ReadHeader(path), lastEpochs);
+        return Describe(header, lastEpochs);
     }
 
-    internal static string Describe(CheckpointHeader h, int lastEpochs)
+    private static string Describe(CheckpointHeader h, int lastEpochs)
     {
         var inv = CultureInfo.InvariantCulture;
         var text = new StringBuilder();

@@ -54,16 +54,16 @@ internal static class CheckpointCommands
             {
                 throw new UsageException($"--plot {plotPath} would overwrite the checkpoint");
             }
-            var history = CheckpointReport.History(path);
-            if (plotPath is not null && history.Count == 0)
+            var report = CheckpointReport.Read(path);
+            if (plotPath is not null && report.History.Count == 0)
             {
                 throw new UsageException($"--plot: {path} has no completed epoch to draw");
             }
-            io.Out.Write(CheckpointReport.Describe(path, parse.GetValue(last)));
+            io.Out.Write(report.Describe(parse.GetValue(last)));
             if (plotPath is not null)
             {
                 Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(plotPath))!);
-                Plots.TrainingCurves(history, CheckpointReport.BestEpoch(path), plotPath);
+                Plots.TrainingCurves(report.History, report.BestEpoch, plotPath);
                 io.Out.WriteLine($"wrote {plotPath}");
             }
             return BnnApp.Ok;

@@ -29,10 +29,10 @@ public sealed class CheckpointReportTests
         var fresh = Header(completed: 0, epochs: 10, optimizerState: true) with { BestEpoch = -1, BestValidationAccuracy = double.NegativeInfinity };
 
         Snapshot.Match(string.Join("---\n",
-            CheckpointReport.Describe(resumable, lastEpochs: 3),
-            CheckpointReport.Describe(averaged, lastEpochs: 0),
-            CheckpointReport.Describe(snapshot, lastEpochs: 1),
-            CheckpointReport.Describe(fresh, lastEpochs: 5)), "checkpoint_report");
+            new CheckpointReport(resumable).Describe(lastEpochs: 3),
+            new CheckpointReport(averaged).Describe(lastEpochs: 0),
+            new CheckpointReport(snapshot).Describe(lastEpochs: 1),
+            new CheckpointReport(fresh).Describe(lastEpochs: 5)), "checkpoint_report");
     }
 
     [Fact]
