@@ -34,6 +34,32 @@ public sealed class TrainingTests
         }
     }
 
+    [Fact]
+    public void SteSign_MadeInBf16_GivesTheSameSigns_AFloat32Gradient_AndKeepsTheLayout()
+    {
+        using var scope = NewDisposeScope();
+        var values = new float[] { -2f, -1f, -0.5f, 0f, 0.5f, 1f, 1.5f };
+        var upstream = tensor(new float[] { 1, 2, 3, 4, 5, 6, 7 });
+        var x = tensor(values, requires_grad: true);
+        var x16 = tensor(values, requires_grad: true);
+
+        // When the same values are binarized in float32 and in bfloat16, and gradients flow back through both
+        var y = SteSign.Sign(x);
+        var y16 = SteSign.Sign(x16, bfloat16);
+        (y * upstream).sum().backward();
+        (y16 * upstream.to_type(bfloat16)).sum().backward();
+
+        // Then the signs are equal, and the input's gradient is float32 and equal
+        Assert.Equal(bfloat16, y16.dtype);
+        Assert.Equal(y.data<float>().ToArray(), y16.to_type(float32).data<float>().ToArray());
+        Assert.Equal(float32, x16.grad!.dtype);
+        Assert.Equal(x.grad!.data<float>().ToArray(), x16.grad.data<float>().ToArray());
+
+        // And a channels-last input gives channels-last signs, which the next conv needs for its fast kernels
+        var channelsLast = BinaryNetwork.ToChannelsLast(randn(2, 3, 4, 5));
+        Assert.Equal(channelsLast.stride(), SteSign.Binarize(channelsLast, bfloat16).stride());
+    }
+
     [Theory]
     [InlineData(0, 1)]
     [InlineData(1, 1)]
@@ -220,7 +246,7 @@ public sealed class TrainingTests
 
         // Then float32 keeps it, and bfloat16 rounds it to the nearest representable 564 (within 1/256)
         Assert.Equal(565f, BinaryNetwork.ConvStage.Convolve(y, allOnes, 1, 0, inBf16: false).item<float>());
-        Assert.Equal(564f, BinaryNetwork.ConvStage.Convolve(y, allOnes, 1, 0, inBf16: true).item<float>());
+        Assert.Equal(564f, BinaryNetwork.ConvStage.Convolve(y, allOnes, 1, 0, inBf16: true).to_type(float32).item<float>());
     }
 
     [Theory]
@@ -247,10 +273,18 @@ public sealed class TrainingTests
         var x = randint(-255, 256, [4, 3, 8, 8]).to_type(float32);
         var convs = bf16.Stages.OfType<BinaryNetwork.ConvStage>().ToList();
 
-        // Then only the binary conv multiplies in bfloat16, and only in training mode
+        // Then only the binary conv multiplies in bfloat16, every conv makes its signs in it, and only in training mode
         Assert.Equal([false, true], convs.Select(c => c.MultipliesInBf16));
+        Assert.Equal([true, true], convs.Select(c => c.MakesSignsInBf16));
+        Assert.All(plain.Stages.OfType<BinaryNetwork.ConvStage>(), c => Assert.False(c.MakesSignsInBf16));
         bf16.eval();
-        Assert.All(convs, c => Assert.False(c.MultipliesInBf16));
+        Assert.All(convs, c => Assert.False(c.MultipliesInBf16 || c.MakesSignsInBf16));
+        bf16.train();
+
+        // And each training conv stage hands on bfloat16 signs, while evaluation stays float32
+        Assert.Equal(bfloat16, convs[1].forward(convs[0].forward(x)).dtype);
+        bf16.eval();
+        Assert.Equal(float32, convs[1].forward(convs[0].forward(x)).dtype);
         bf16.train();
 
         // When both run forward and backward (the binary conv sums 72 taps, exact in bfloat16)
