@@ -79,7 +79,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     /// Every conv stage makes its signs in bfloat16 too (exact for ±1), and the first dense stage takes them back
     /// to float32. So batch norm, the sign, pooling, padding and their gradients move half the bytes they would in
     /// float32: a BinaryNet-VGG epoch on the Zen 4 host went from 826 s to 754-784 s (bfloat16 signs alone) to
-    /// 707 s (both), 1.17×, and its peak RSS from 8.9 to 6.0 GB.
+    /// 678-710 s (both; median 689 over epochs 8-10), about 1.2×, and its peak RSS from 8.9 to 6.0-6.3 GB.
     /// </summary>
     public bool Bf16BinaryConvs { get; }
 

@@ -19,11 +19,12 @@ internal sealed class SteSign : autograd.SingleTensorFunction<SteSign>
 
     public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
-        var x = (Tensor)vars[0];
+        // apply(x, signType), always both: backward answers for two arguments.
+        var (x, signType) = ((Tensor)vars[0], (ScalarType)vars[1]);
         // Backward needs only where |x| ≤ 1: a byte per element, where keeping x would hold four.
         ctx.save_for_backward([x.abs().le(1.0)]);
         ctx.save_data(InputType, x.dtype);
-        return Binarize(x, vars.Length > 1 ? (ScalarType)vars[1] : x.dtype);
+        return Binarize(x, signType);
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor grad_output)
