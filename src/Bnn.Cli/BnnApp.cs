@@ -45,6 +45,7 @@ public static class BnnApp
         ShareCommand.Create(io),
         CheckpointCommands.Info(io),
         CheckpointCommands.Export(io),
+        CheckpointCommands.Pack(io),
         CheckpointCommands.Average(io),
         CheckpointCommands.Fidelity(io),
         ReproduceCommand.Create(io),

@@ -3,6 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using Bnn.Data;
 using Bnn.IO;
+using Bnn.Model;
 using TorchSharp.Modules;
 
 namespace Bnn.Training;
@@ -49,6 +50,8 @@ internal sealed record CheckpointHeader
     public bool? ChannelsLast { get; init; }
     /// <summary>Whether the run multiplied binary convs in bfloat16; null in checkpoints written before this was recorded.</summary>
     public bool? Bf16BinaryConvs { get; init; }
+    /// <summary>True in a <see cref="CheckpointPack"/>: latent weights in 16-bit fixed point, no optimizer state.</summary>
+    public bool Packed { get; init; }
 
     /// <summary>What the run's training steps augmented with.</summary>
     public Augmentation TrainingAugmentation => Augmentation ?? TrainOptions.DefaultAugmentation(Dataset);
@@ -68,28 +71,34 @@ internal static class Checkpoint
         AtomicFile.Write(path, stream =>
         {
             using var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true);
-            writer.Write(Magic);
-            var json = JsonSerializer.SerializeToUtf8Bytes(header with { HasOptimizerState = optimizer is not null });
-            writer.Write(json.Length);
-            writer.Write(json);
+            WriteHeader(writer, header with { HasOptimizerState = optimizer is not null }, pack: false);
             net.save(writer);
             optimizer?.save_state_dict(writer);
         });
     }
 
+    /// <summary>The header of a checkpoint or of a <see cref="CheckpointPack"/>.</summary>
     public static CheckpointHeader ReadHeader(string path)
     {
         using var stream = File.OpenRead(path);
         using var reader = new BinaryReader(stream);
-        return ReadHeader(reader, path);
+        return ReadHeader(reader, path, null);
     }
 
-    /// <summary>Loads weights (and optimizer state, when both exist) into objects built from the header.</summary>
+    /// <summary>
+    /// Loads weights (and optimizer state, when both exist) into objects built from the header; from a pack, its
+    /// latest weights.
+    /// </summary>
     public static void ReadState(string path, BinaryNetwork net, Adam? optimizer)
     {
+        if (CheckpointPack.IsPack(path))
+        {
+            CheckpointPack.ReadLatest(path, net);
+            return;
+        }
         using var stream = File.OpenRead(path);
         using var reader = new BinaryReader(stream);
-        var header = ReadHeader(reader, path);
+        var header = ReadHeader(reader, path, pack: false);
         net.load(reader);
         if (optimizer is not null && header.HasOptimizerState)
         {
@@ -97,14 +106,16 @@ internal static class Checkpoint
         }
     }
 
-    private static CheckpointHeader ReadHeader(BinaryReader reader, string path)
+    /// <summary>Reads the magic and the JSON header: of a checkpoint, of a pack (<paramref name="pack"/>), or of either (null).</summary>
+    internal static CheckpointHeader ReadHeader(BinaryReader reader, string path, bool? pack)
     {
         try
         {
-            var magic = reader.ReadBytes(Magic.Length);
-            if (!magic.AsSpan().SequenceEqual(Magic))
+            var magic = reader.ReadBytes(Magic.Length).AsSpan();
+            bool isCheckpoint = magic.SequenceEqual(Magic), isPack = magic.SequenceEqual(CheckpointPack.Magic);
+            if (!(pack switch { true => isPack, false => isCheckpoint, null => isCheckpoint || isPack }))
             {
-                throw new BnnDataException($"{path}: not a bnn training checkpoint (bad magic)");
+                throw new BnnDataException($"{path}: not a bnn training {(pack == true ? "checkpoint pack" : "checkpoint")} (bad magic)");
             }
             int length = reader.ReadInt32();
             if (length <= 0 || length > 16 << 20)
@@ -118,5 +129,19 @@ internal static class Checkpoint
         {
             throw new BnnDataException($"{path}: truncated or corrupt checkpoint ({e.Message})", e);
         }
+    }
+
+    /// <summary>A network of the architecture a header describes, with its initial weights.</summary>
+    internal static BinaryNetwork NetworkFor(CheckpointHeader header, bool channelsLast = false) =>
+        new(Architectures.Build(header.Arch, header.Width, header.Classes), binaryPadValue: header.BinaryPadValue,
+            channelsLast: channelsLast, binarized: !header.Float);
+
+    /// <summary>Writes the magic of a checkpoint or of a pack, then the header as length-prefixed JSON.</summary>
+    internal static void WriteHeader(BinaryWriter writer, CheckpointHeader header, bool pack)
+    {
+        writer.Write(pack ? CheckpointPack.Magic : Magic);
+        var json = JsonSerializer.SerializeToUtf8Bytes(header);
+        writer.Write(json.Length);
+        writer.Write(json);
     }
 }

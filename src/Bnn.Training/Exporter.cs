@@ -18,9 +18,7 @@ public static class Exporter
 
     internal static BinaryNetwork LoadNetwork(string checkpointPath, bool channelsLast = false)
     {
-        var header = Checkpoint.ReadHeader(checkpointPath);
-        var net = new BinaryNetwork(Architectures.Build(header.Arch, header.Width, header.Classes), binaryPadValue: header.BinaryPadValue,
-            channelsLast: channelsLast, binarized: !header.Float);
+        var net = Checkpoint.NetworkFor(Checkpoint.ReadHeader(checkpointPath), channelsLast);
         Checkpoint.ReadState(checkpointPath, net, null);
         net.eval();
         return net;

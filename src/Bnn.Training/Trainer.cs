@@ -22,6 +22,16 @@ public sealed record TrainResult(string CheckpointPath, string BestCheckpointPat
 public static class Trainer
 {
     private const int GcEverySteps = 50;
+
+    /// <summary>
+    /// Steps at learning rate 0 that rebuild Adam's moments for a run resumed without them (from a
+    /// <see cref="CheckpointPack"/> or a weights-only checkpoint). A fresh Adam's first steps move every weight by
+    /// the full learning rate whatever its gradient's noise, a jolt that flips the signs of many near-zero latent
+    /// weights; after 50 steps the bias-corrected moments average 50 squared gradients, so the steps that follow
+    /// are sized as in the uninterrupted run. The weights do not move; batch norm's running statistics follow the
+    /// batches, as they would in the next epoch's first steps.
+    /// </summary>
+    internal const int OptimizerMomentBatches = 50;
     private const int EvalBatch = 500;
 
     /// <summary>Paths of the latest and best checkpoints and the CSV log for a model output path.</summary>
@@ -59,7 +69,14 @@ public static class Trainer
         // Checked before the dataset loads, so a resume that cannot end in an export fails at once.
         if (resumed is not null && resumed.BestEpoch > 0 && !File.Exists(bestPath))
         {
-            CarryBestCheckpoint(options.Resume!, resumed.BestEpoch, bestPath);
+            if (resumed.Packed)
+            {
+                CheckpointPack.ExtractBest(options.Resume!, bestPath);
+            }
+            else
+            {
+                CarryBestCheckpoint(options.Resume!, resumed.BestEpoch, bestPath);
+            }
         }
         string? teacherPath = options.Teacher is null ? resumed?.Teacher : Path.GetFullPath(options.Teacher);
         if (options.Teacher is null && teacherPath is not null && !File.Exists(teacherPath))
@@ -120,16 +137,6 @@ public static class Trainer
         {
             Checkpoint.ReadState(options.Resume!, net, optimizer);
         }
-        started?.Invoke(new TrainSetup(
-            arch, width, isFloat, options.Dataset, train.Count, valCount, batchSize, resumed?.CompletedEpochs ?? 0, epochs, lr0, cycleStart,
-            augmentation, net.ChannelsLast, net.Bf16BinaryConvs, teacherPath, distillation?.Weight, distillation?.Temperature,
-            distillation?.InBf16 ?? false));
-
-        var history = new List<EpochRecord>(resumed?.History ?? []);
-        int bestEpoch = resumed?.BestEpoch ?? -1;
-        double bestAccuracy = resumed?.BestValidationAccuracy ?? double.NegativeInfinity;
-        double wallBefore = history.Count > 0 ? history[^1].WallSeconds : 0;
-        var wall = Stopwatch.StartNew();
         int batches = train.Count / batchSize;
         if (options.MaxBatchesPerEpoch is int cap)
         {
@@ -139,6 +146,21 @@ public static class Trainer
         {
             throw new BnnDataException($"{options.DataDir}: {train.Count} training records are fewer than one batch of {batchSize}");
         }
+        int momentBatches = resumed is { HasOptimizerState: false } && resumed.CompletedEpochs < epochs ? Math.Min(OptimizerMomentBatches, batches) : 0;
+        started?.Invoke(new TrainSetup(
+            arch, width, isFloat, options.Dataset, train.Count, valCount, batchSize, resumed?.CompletedEpochs ?? 0, epochs, lr0, cycleStart,
+            augmentation, net.ChannelsLast, net.Bf16BinaryConvs, teacherPath, distillation?.Weight, distillation?.Temperature,
+            distillation?.InBf16 ?? false, momentBatches));
+        if (momentBatches > 0)
+        {
+            EstimateOptimizerMoments(net, optimizer, train, batchSize, momentBatches, augmentation, seed, distillation);
+        }
+
+        var history = new List<EpochRecord>(resumed?.History ?? []);
+        int bestEpoch = resumed?.BestEpoch ?? -1;
+        double bestAccuracy = resumed?.BestValidationAccuracy ?? double.NegativeInfinity;
+        double wallBefore = history.Count > 0 ? history[^1].WallSeconds : 0;
+        var wall = Stopwatch.StartNew();
 
         for (int epoch = resumed?.CompletedEpochs ?? 0; epoch < epochs; epoch++)
         {
@@ -192,6 +214,19 @@ public static class Trainer
             ModelFile.Save(Exporter.FromCheckpoint(bestPath), options.Out);
         }
         return new TrainResult(latestPath, bestPath, logPath, history, bestEpoch);
+    }
+
+    /// <summary>Rebuilds Adam's moments over <paramref name="batches"/> steps at learning rate 0 (<see cref="OptimizerMomentBatches"/>).</summary>
+    internal static void EstimateOptimizerMoments(
+        BinaryNetwork net, optim.Optimizer optimizer, ImageSet train, int batchSize, int batches, Augmentation augmentation, int seed, Distillation? distillation)
+    {
+        foreach (var group in optimizer.ParamGroups)
+        {
+            group.LearningRate = 0;
+        }
+        // Its own stream, so that the epochs' shuffles and augmentations are those of an uninterrupted run.
+        var rng = new Random(EpochSeed(seed, 0, stream: 3));
+        TrainEpoch(net, optimizer, train, batchSize, batches, Augmenter.For(augmentation, rng), rng, null, distillation, null);
     }
 
     /// <summary>The cosine-annealed learning rate of epoch <paramref name="epoch"/> (from 0) of a <paramref name="epochs"/>-epoch cycle.</summary>

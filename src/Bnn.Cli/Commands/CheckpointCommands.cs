@@ -7,7 +7,7 @@ using TorchSharp;
 
 namespace Bnn.Cli;
 
-/// <summary>Commands on training checkpoints: describe one, export it to a model file, average a run's epochs, and check the engine against TorchSharp.</summary>
+/// <summary>Commands on training checkpoints: describe one, export it to a model file, pack it to commit, average a run's epochs, and check the engine against TorchSharp.</summary>
 internal static class CheckpointCommands
 {
     public static Command Export(CliIo io)
@@ -66,6 +66,31 @@ internal static class CheckpointCommands
                 Plots.TrainingCurves(report.History, report.BestEpoch, plotPath);
                 io.Out.WriteLine($"wrote {plotPath}");
             }
+            return BnnApp.Ok;
+        }));
+        return command;
+    }
+
+    public static Command Pack(CliIo io)
+    {
+        var checkpoint = new Option<string>("--checkpoint") { Description = "a run's latest checkpoint (.ckpt); its best epoch's companion (.best.ckpt) goes along", Required = true };
+        var output = new Option<string>("--out") { Description = "pack to write, small enough to commit (e.g. models/checkpoints/RUN.pack)", Required = true };
+        var command = new Command("checkpoint-pack",
+            "Pack a run's latest checkpoint and its best epoch into one small file that `bnn train --resume` continues from (latent weights in 16-bit fixed point; Adam's moments re-estimated on resume)")
+        {
+            checkpoint, output,
+        };
+        command.SetAction(parse => BnnApp.Guard(io, () =>
+        {
+            var path = parse.GetValue(checkpoint)!;
+            if (!File.Exists(path))
+            {
+                throw new UsageException($"--checkpoint: {path} not found");
+            }
+            var result = CheckpointPack.Pack(path, parse.GetValue(output)!);
+            io.Out.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"wrote {result.PackPath}: epoch {result.CompletedEpochs}, {(result.BestEpoch > 0 ? $"best epoch {result.BestEpoch}" : "no best epoch")}; " +
+                $"{result.PackBytes / 1e6:F1} MB from {result.InputBytes / 1e6:F1} MB"));
             return BnnApp.Ok;
         }));
         return command;

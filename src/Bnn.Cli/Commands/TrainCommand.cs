@@ -17,7 +17,7 @@ internal static class TrainCommand
         var data = new Option<string>("--data") { Description = "directory with the dataset files", Required = true };
         var epochs = new Option<int>("--epochs") { Description = "total epochs (the learning-rate schedule spans them)", Required = true };
         var output = new Option<string>("--out") { Description = "model file to write; checkpoints and the CSV log go beside it", Required = true };
-        var resume = new Option<string?>("--resume") { Description = "continue from this checkpoint (.ckpt)" };
+        var resume = new Option<string?>("--resume") { Description = "continue from this checkpoint (.ckpt) or pack (`bnn checkpoint-pack`)" };
         var seed = new Option<int>("--seed") { Description = "random seed", DefaultValueFactory = _ => 1 };
         var threads = new Option<int>("--threads") { Description = "libtorch threads (0: its default)" };
         var batch = new Option<int>("--batch") { Description = "mini-batch size", DefaultValueFactory = _ => 100 };

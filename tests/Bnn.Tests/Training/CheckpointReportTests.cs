@@ -26,12 +26,14 @@ public sealed class CheckpointReportTests
             Float = true, AveragedEpochs = [1, 3, 4], RecalibrationImages = 20000, Augmentation = Augmentation.Flip,
         };
         var snapshot = Header(completed: 4, epochs: 6, optimizerState: false) with { CycleStart = 2, ChannelsLast = false, Bf16BinaryConvs = false };
+        var packed = Header(completed: 4, epochs: 100, optimizerState: false) with { Packed = true, ChannelsLast = true, Bf16BinaryConvs = true };
         var fresh = Header(completed: 0, epochs: 10, optimizerState: true) with { BestEpoch = -1, BestValidationAccuracy = double.NegativeInfinity };
 
         Snapshot.Match(string.Join("---\n",
             new CheckpointReport(resumable).Describe(lastEpochs: 3),
             new CheckpointReport(averaged).Describe(lastEpochs: 0),
             new CheckpointReport(snapshot).Describe(lastEpochs: 1),
+            new CheckpointReport(packed).Describe(lastEpochs: 0),
             new CheckpointReport(fresh).Describe(lastEpochs: 5)), "checkpoint_report");
     }
 

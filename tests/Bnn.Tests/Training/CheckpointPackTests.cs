@@ -1,0 +1,252 @@
+using Bnn.Data;
+using Bnn.Model;
+using Bnn.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Bnn.Tests.Training;
+
+public sealed class CheckpointPackTests
+{
+    private const double HalfStep = 1.0 / 65534;
+
+    [Fact]
+    public void Encode_KeepsEverySign_AndRoundsWithinHalfAStep()
+    {
+        var rng = new Random(5);
+        var values = new List<float> { -1f, 1f, 0f, -0f, 1e-7f, -1e-7f, float.Epsilon, -float.Epsilon, (float)HalfStep, -(float)HalfStep, 0.99999f, -0.99999f };
+        values.AddRange(Enumerable.Range(-1000, 2001).Select(k => k / 1000f));
+        values.AddRange(Enumerable.Range(0, 5000).Select(_ => (float)((rng.NextDouble() * 2) - 1)));
+        foreach (var w in values)
+        {
+            float back = CheckpointPack.Decode(CheckpointPack.Encode(w));
+            // sign(0) = +1: a weight keeps its sign when back >= 0 exactly where w >= 0.
+            Assert.True(back >= 0 == w >= 0, $"{w} came back as {back}");
+            double bound = w < 0 && w > -HalfStep ? 2 * HalfStep : HalfStep;
+            Assert.True(Math.Abs(back - w) <= bound * (1 + 1e-6), $"{w} came back as {back}");
+        }
+        Assert.Throws<BnnDataException>(() => CheckpointPack.Encode(1.01f));
+        Assert.Throws<BnnDataException>(() => CheckpointPack.Encode(float.NaN));
+    }
+
+    [Theory]
+    [InlineData(2, 3)] // the best is an earlier epoch: the pack holds both
+    [InlineData(3, 3)] // the best is the latest epoch: stored once
+    [InlineData(0, 3)] // no best epoch
+    public void Pack_KeepsTheRunsExports_AndEveryTensorWithinTheFixedPointStep(int bestEpoch, int completed)
+    {
+        using var dir = new TempDirectory();
+        var latestPath = dir.File("run.ckpt");
+        var bestPath = dir.File("run.best.ckpt");
+        using var latest = RandomNetwork(seed: 1);
+        using var best = RandomNetwork(seed: 2);
+        Checkpoint.Write(latestPath, Header(completed, bestEpoch), latest, null);
+        if (bestEpoch > 0)
+        {
+            Checkpoint.Write(bestPath, Header(bestEpoch, bestEpoch), bestEpoch == completed ? latest : best, null);
+        }
+
+        var result = CheckpointPack.Pack(latestPath, dir.File("run.pack"));
+        Assert.Equal((completed, bestEpoch), (result.CompletedEpochs, result.BestEpoch));
+        Assert.Equal(new FileInfo(dir.File("run.pack")).Length, result.PackBytes);
+
+        var header = Checkpoint.ReadHeader(result.PackPath);
+        Assert.Equal((true, false, completed, bestEpoch), (header.Packed, header.HasOptimizerState, header.CompletedEpochs, header.BestEpoch));
+        using (var unpacked = Exporter.LoadNetwork(result.PackPath))
+        {
+            AssertSameWithinFixedPoint(latest, unpacked);
+        }
+        Assert.Equal(ModelBytes(latestPath, dir), ModelBytes(result.PackPath, dir));
+
+        var extracted = dir.File("out/run.best.ckpt");
+        Assert.Equal(bestEpoch > 0, CheckpointPack.ExtractBest(result.PackPath, extracted));
+        if (bestEpoch > 0)
+        {
+            Assert.Equal((bestEpoch, false), (Checkpoint.ReadHeader(extracted).CompletedEpochs, Checkpoint.ReadHeader(extracted).Packed));
+            using var unpackedBest = Exporter.LoadNetwork(extracted);
+            AssertSameWithinFixedPoint(bestEpoch == completed ? latest : best, unpackedBest);
+            Assert.Equal(ModelBytes(bestPath, dir), ModelBytes(extracted, dir));
+        }
+    }
+
+    [Fact]
+    public void Pack_IsAQuarterOfTheCheckpointPair_WhenTheBestIsItsOwnEpoch()
+    {
+        using var dir = new TempDirectory();
+        using var latest = RandomNetwork(seed: 3);
+        using var best = RandomNetwork(seed: 4);
+        Checkpoint.Write(dir.File("run.ckpt"), Header(3, 2), latest, optim.Adam(latest.parameters()));
+        Checkpoint.Write(dir.File("run.best.ckpt"), Header(2, 2), best, null);
+        var result = CheckpointPack.Pack(dir.File("run.ckpt"), dir.File("run.pack"));
+        // Adam's moments (empty before a step, so not counted here) would make the input larger still.
+        Assert.InRange(result.PackBytes, 1, result.InputBytes / 2);
+    }
+
+    [Fact]
+    public void Pack_RefusesAMissingBest_ItsOwnInput_AndAPack_AndATruncatedPackIsAClearError()
+    {
+        using var dir = new TempDirectory();
+        using var net = RandomNetwork(seed: 6);
+        var latestPath = dir.File("run.ckpt");
+        Checkpoint.Write(latestPath, Header(3, 2), net, null);
+        var e = Assert.Throws<BnnDataException>(() => CheckpointPack.Pack(latestPath, dir.File("run.pack")));
+        Assert.Contains("best epoch (2) is not in", e.Message, StringComparison.Ordinal);
+
+        Checkpoint.Write(dir.File("run.best.ckpt"), Header(2, 2), net, null);
+        long before = new FileInfo(latestPath).Length;
+        e = Assert.Throws<BnnDataException>(() => CheckpointPack.Pack(latestPath, latestPath));
+        Assert.Contains("would overwrite", e.Message, StringComparison.Ordinal);
+        Assert.Equal(before, new FileInfo(latestPath).Length);
+
+        var pack = CheckpointPack.Pack(latestPath, dir.File("run.pack")).PackPath;
+        Assert.Contains("a pack already", Assert.Throws<BnnDataException>(() => CheckpointPack.Pack(pack, dir.File("again.pack"))).Message, StringComparison.Ordinal);
+
+        var bytes = File.ReadAllBytes(pack);
+        File.WriteAllBytes(dir.File("cut.pack"), bytes[..(bytes.Length / 2)]);
+        using var target = RandomNetwork(seed: 7);
+        e = Assert.Throws<BnnDataException>(() => Checkpoint.ReadState(dir.File("cut.pack"), target, null));
+        Assert.Contains("truncated or corrupt pack", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void LatentNames_AreExactlyTheClippedBinaryWeights()
+    {
+        using var net = RandomNetwork(seed: 8);
+        var expected = net.named_parameters()
+            .Where(p => net.Stages.OfType<BinaryNetwork.IBinaryWeights>().Any(s => ReferenceEquals(s.Weight, p.parameter)))
+            .Select(p => p.name).Order().ToList();
+        Assert.Equal(6 + 3, expected.Count);
+        Assert.Equal(expected, CheckpointPack.LatentNames(net).Order().ToList());
+        using var twin = new BinaryNetwork(Architectures.Build("cnv", 0.125, 10), binarized: false);
+        Assert.Empty(CheckpointPack.LatentNames(twin));
+    }
+
+    [Fact]
+    public void EstimateOptimizerMoments_LeavesTheWeights_AndSizesTheNextStepLikeAWarmAdam()
+    {
+        using var dir = new TempDirectory();
+        var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 41, seed: 3, batches: 1);
+        var train = Datasets.Load("cifar10", dir.Path, "train");
+
+        double FractionOfFullSteps(bool warm)
+        {
+            torch.manual_seed(9);
+            using var net = new BinaryNetwork(Architectures.Build("cnv", 0.125, 10));
+            var optimizer = optim.Adam(net.parameters(), 1e-3);
+            var weights = Latents(net);
+            if (warm)
+            {
+                Trainer.EstimateOptimizerMoments(net, optimizer, train, 20, 20, Augmentation.CropFlip, options.Seed, null);
+                Assert.Equal(weights, Latents(net));
+                foreach (var group in optimizer.ParamGroups)
+                {
+                    group.LearningRate = 1e-3;
+                }
+            }
+            Trainer.TrainEpoch(net, optimizer, train, 20, 1, null, new Random(1), null, null, null);
+            var moves = Latents(net).Zip(weights, (a, b) => Math.Abs(a - b)).Where(d => d > 0 && Math.Abs(d) < 0.9).ToList();
+            Assert.NotEmpty(moves);
+            return moves.Count(d => Math.Abs(d - 1e-3) < 1e-5) / (double)moves.Count;
+        }
+
+        // A fresh Adam moves (nearly) every weight by the full rate; with its moments rebuilt, by what the gradients' noise allows.
+        Assert.InRange(FractionOfFullSteps(warm: false), 0.9, 1.0);
+        Assert.InRange(FractionOfFullSteps(warm: true), 0.0, 0.1);
+    }
+
+    [Fact]
+    public void TrainResume_FromAPack_ContinuesTheRun_WithItsBestEpoch()
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, 100, seed: 43, learnable: true);
+        string[] common = ["--data", dir.Path, "--batch", "20", "--max-batches", "2", "--bf16-convs", "false"];
+        var (code, _, error) = Cli.CliRunner.Run(
+            ["train", "--arch", "cnv", "--width", "0.125", "--dataset", "cifar10", "--epochs", "2", "--out", dir.File("a/m.bnn"), .. common]);
+        Assert.True(code == 0, error);
+
+        (code, var output, error) = Cli.CliRunner.Run("checkpoint-pack", "--checkpoint", dir.File("a/m.ckpt"), "--out", dir.File("m.pack"));
+        Assert.True(code == 0, error);
+        Assert.Matches(@"^wrote .*m\.pack: epoch 2, best epoch [12]; \d+\.\d MB from \d+\.\d MB\n$", output);
+        (code, output, error) = Cli.CliRunner.Run("checkpoint-info", "--checkpoint", dir.File("m.pack"));
+        Assert.True(code == 0, error);
+        Assert.Contains("a pack (latent weights in 16-bit fixed point, no optimizer state) carrying best epoch", output, StringComparison.Ordinal);
+
+        (code, output, error) = Cli.CliRunner.Run(
+            ["train", "--arch", "cnv", "--dataset", "cifar10", "--epochs", "3", "--resume", dir.File("m.pack"), "--out", dir.File("b/m.bnn"), .. common]);
+        Assert.True(code == 0, error);
+        var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.EndsWith("Adam's moments are re-estimated over 2 batches at learning rate 0 first", lines[0], StringComparison.Ordinal);
+        Assert.StartsWith("epoch 3/3: loss ", lines[1], StringComparison.Ordinal);
+
+        var before = Checkpoint.ReadHeader(dir.File("a/m.ckpt"));
+        var after = Checkpoint.ReadHeader(dir.File("b/m.ckpt"));
+        Assert.Equal((3, true, false), (after.CompletedEpochs, after.HasOptimizerState, after.Packed));
+        Assert.Equal(before.History, after.History.Take(2));
+        // The best epoch came out of the pack, so the run exports a model even if epoch 3 is not better.
+        Assert.True(File.Exists(dir.File("b/m.best.ckpt")));
+        Assert.Equal(after.BestEpoch, Checkpoint.ReadHeader(dir.File("b/m.best.ckpt")).CompletedEpochs);
+        Assert.True(File.Exists(dir.File("b/m.bnn")));
+    }
+
+    private static List<float> Latents(BinaryNetwork net) =>
+        net.Stages.OfType<BinaryNetwork.IBinaryWeights>().SelectMany(s => s.Weight.detach().clone().data<float>().ToArray()).ToList();
+
+    private static byte[] ModelBytes(string checkpoint, TempDirectory dir)
+    {
+        var path = dir.File("model-" + Guid.NewGuid().ToString("N") + ".bnn");
+        ModelFile.Save(Exporter.FromCheckpoint(checkpoint), path);
+        return File.ReadAllBytes(path);
+    }
+
+    /// <summary>A CNV ×0.125 whose every tensor holds seeded random values: latents over [−1, 1], batch norm not at its defaults.</summary>
+    private static BinaryNetwork RandomNetwork(int seed)
+    {
+        torch.manual_seed(seed);
+        var net = new BinaryNetwork(Architectures.Build("cnv", 0.125, 10));
+        var latent = CheckpointPack.LatentNames(net);
+        using var _ = no_grad();
+        foreach (var (name, tensor) in net.state_dict())
+        {
+            if (tensor.dtype == ScalarType.Int64)
+            {
+                tensor.fill_(seed * 100);
+            }
+            else if (latent.Contains(name))
+            {
+                tensor.uniform_(-1, 1);
+            }
+            else
+            {
+                tensor.uniform_(0.25, 2);
+            }
+        }
+        return net;
+    }
+
+    private static CheckpointHeader Header(int completed, int best) => new()
+    {
+        Arch = "cnv", Width = 0.125, Dataset = "cifar10", Classes = 10, BinaryPadValue = 1, Seed = 1, Epochs = 10,
+        LearningRate = 2e-3, BatchSize = 20, ValidationCount = 100, CompletedEpochs = completed, BestEpoch = best,
+        BestValidationAccuracy = 0.5, HasOptimizerState = false,
+        History = Enumerable.Range(1, completed).Select(e => new EpochRecord(e, 1, 0.5, 1, 0.5, 1e-3, 10, 10.0 * e, 100)).ToList(),
+    };
+
+    private static void AssertSameWithinFixedPoint(BinaryNetwork expected, BinaryNetwork actual)
+    {
+        var latent = CheckpointPack.LatentNames(expected);
+        var actualState = actual.state_dict();
+        foreach (var (name, tensor) in expected.state_dict())
+        {
+            var other = actualState[name];
+            if (latent.Contains(name))
+            {
+                Assert.True(tensor.ge(0).eq(other.ge(0)).all().item<bool>(), $"{name}: a sign changed");
+                Assert.True((tensor - other).abs().max().item<float>() <= 2 * HalfStep, name);
+            }
+            else
+            {
+                Assert.True(tensor.eq(other).all().item<bool>(), $"{name} changed");
+            }
+        }
+    }
+}
