@@ -25,11 +25,11 @@ public static class Trainer
 
     /// <summary>
     /// Steps at learning rate 0 that rebuild Adam's moments for a run resumed without them (from a
-    /// <see cref="CheckpointPack"/> or a weights-only checkpoint). A fresh Adam's first steps move every weight by
-    /// the full learning rate whatever its gradient's noise, a jolt that flips the signs of many near-zero latent
-    /// weights; after 50 steps the bias-corrected moments average 50 squared gradients, so the steps that follow
-    /// are sized as in the uninterrupted run. The weights do not move; batch norm's running statistics follow the
-    /// batches, as they would in the next epoch's first steps.
+    /// <see cref="CheckpointPack"/> or a weights-only checkpoint). A fresh Adam's first step moves every weight that
+    /// has a gradient by the full learning rate, however noisy that gradient (its bias-corrected ratio m/√v is ±1);
+    /// after 50 steps the moments average 50 gradients, so the steps that follow are sized by the gradients' noise as
+    /// in an uninterrupted run (tested). The weights do not move; batch norm's running statistics follow the batches,
+    /// as they would in the next epoch's first steps.
     /// </summary>
     internal const int OptimizerMomentBatches = 50;
     private const int EvalBatch = 500;
@@ -151,6 +151,7 @@ public static class Trainer
             arch, width, isFloat, options.Dataset, train.Count, valCount, batchSize, resumed?.CompletedEpochs ?? 0, epochs, lr0, cycleStart,
             augmentation, net.ChannelsLast, net.Bf16BinaryConvs, teacherPath, distillation?.Weight, distillation?.Temperature,
             distillation?.InBf16 ?? false, momentBatches));
+        var wall = Stopwatch.StartNew();
         if (momentBatches > 0)
         {
             EstimateOptimizerMoments(net, optimizer, train, batchSize, momentBatches, augmentation, seed, distillation);
@@ -160,7 +161,6 @@ public static class Trainer
         int bestEpoch = resumed?.BestEpoch ?? -1;
         double bestAccuracy = resumed?.BestValidationAccuracy ?? double.NegativeInfinity;
         double wallBefore = history.Count > 0 ? history[^1].WallSeconds : 0;
-        var wall = Stopwatch.StartNew();
 
         for (int epoch = resumed?.CompletedEpochs ?? 0; epoch < epochs; epoch++)
         {
