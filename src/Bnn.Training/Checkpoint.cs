@@ -50,7 +50,7 @@ internal sealed record CheckpointHeader
     public bool? ChannelsLast { get; init; }
     /// <summary>Whether the run multiplied binary convs in bfloat16; null in checkpoints written before this was recorded.</summary>
     public bool? Bf16BinaryConvs { get; init; }
-    /// <summary>True in a <see cref="CheckpointPack"/>: latent weights in 16-bit fixed point, no optimizer state.</summary>
+    /// <summary>True in a <see cref="CheckpointPack"/>: latent weights in 16-bit fixed point, of Adam's state only its steps and second moments.</summary>
     public bool Packed { get; init; }
 
     /// <summary>What the run's training steps augmented with.</summary>
@@ -87,13 +87,13 @@ internal static class Checkpoint
 
     /// <summary>
     /// Loads weights (and optimizer state, when both exist) into objects built from the header; from a pack, its
-    /// latest weights.
+    /// latest weights and as much of Adam's state as it keeps.
     /// </summary>
     public static void ReadState(string path, BinaryNetwork net, Adam? optimizer)
     {
         if (CheckpointPack.IsPack(path))
         {
-            CheckpointPack.ReadLatest(path, net);
+            CheckpointPack.ReadLatest(path, net, optimizer);
             return;
         }
         using var stream = File.OpenRead(path);

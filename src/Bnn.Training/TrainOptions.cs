@@ -23,7 +23,7 @@ public sealed record TrainOptions
     /// <summary>Where the finished model file goes; checkpoints and the CSV log sit beside it.</summary>
     public required string Out { get; init; }
 
-    /// <summary>A checkpoint or a <see cref="CheckpointPack"/> to continue from; without Adam's state, its moments are re-estimated first.</summary>
+    /// <summary>A checkpoint or a <see cref="CheckpointPack"/> to continue from.</summary>
     public string? Resume { get; init; }
 
     /// <summary>Seed for initialization, shuffling and augmentation.</summary>
@@ -112,14 +112,14 @@ public sealed record TrainOptions
 
 /// <summary>
 /// What a run does once a resumed checkpoint's choices are applied to the options: a resume keeps most of them, so
-/// the command line alone does not say how the run will train. <paramref name="OptimizerMomentBatches"/> is the
-/// number of steps at learning rate 0 that rebuild Adam's moments first, when the resumed checkpoint has none.
+/// the command line alone does not say how the run will train. <paramref name="OptimizerNote"/> says how Adam resumes
+/// when its state is not all there (a pack, a weights-only checkpoint); null otherwise.
 /// </summary>
 public sealed record TrainSetup(
     string Arch, double Width, bool Float, string Dataset, int TrainCount, int ValidationCount, int BatchSize,
     int CompletedEpochs, int Epochs, double LearningRate, int CycleStart, Augmentation Augmentation,
     bool ChannelsLast, bool Bf16BinaryConvs, string? Teacher, double? DistillWeight, double? DistillTemperature, bool TeacherInBf16,
-    int OptimizerMomentBatches = 0)
+    string? OptimizerNote = null)
 {
     /// <summary>One line for a log, starting with the architecture.</summary>
     public string Describe()
@@ -134,9 +134,16 @@ public sealed record TrainSetup(
             text = string.Create(CultureInfo.InvariantCulture,
                 $"{text}; {Distilling(Teacher, DistillWeight, DistillTemperature)}, teacher in {(TeacherInBf16 ? "bfloat16" : "float32")}");
         }
-        return OptimizerMomentBatches == 0 ? text : string.Create(CultureInfo.InvariantCulture,
-            $"{text}; the checkpoint holds no optimizer state: Adam's moments are re-estimated over {OptimizerMomentBatches} batches at learning rate 0 first");
+        return OptimizerNote is null ? text : $"{text}; {OptimizerNote}";
     }
+
+    /// <summary>How Adam resumes from a checkpoint: null when its whole state is there.</summary>
+    internal static string? OptimizerResume(bool packed, bool hasOptimizerState) => (packed, hasOptimizerState) switch
+    {
+        (true, true) => "Adam resumes with the pack's second moments, its first moments from zero",
+        (_, false) => "the checkpoint holds no optimizer state: Adam starts afresh",
+        _ => null,
+    };
 
     // The phrases below are shared with CheckpointReport, so that a run's setup line and its checkpoint's description read alike.
     internal static string Network(string arch, double width, bool isFloat, string dataset) =>

@@ -23,15 +23,6 @@ public static class Trainer
 {
     private const int GcEverySteps = 50;
 
-    /// <summary>
-    /// Steps at learning rate 0 that rebuild Adam's moments for a run resumed without them (from a
-    /// <see cref="CheckpointPack"/> or a weights-only checkpoint). A fresh Adam's first step moves every weight that
-    /// has a gradient by the full learning rate, however noisy that gradient (its bias-corrected ratio m/√v is ±1);
-    /// after 50 steps the moments average 50 gradients, so the steps that follow are sized by the gradients' noise as
-    /// in an uninterrupted run (tested). The weights do not move; batch norm's running statistics follow the batches,
-    /// as they would in the next epoch's first steps.
-    /// </summary>
-    internal const int OptimizerMomentBatches = 50;
     private const int EvalBatch = 500;
 
     /// <summary>Paths of the latest and best checkpoints and the CSV log for a model output path.</summary>
@@ -146,16 +137,11 @@ public static class Trainer
         {
             throw new BnnDataException($"{options.DataDir}: {train.Count} training records are fewer than one batch of {batchSize}");
         }
-        int momentBatches = resumed is { HasOptimizerState: false } && resumed.CompletedEpochs < epochs ? Math.Min(OptimizerMomentBatches, batches) : 0;
         started?.Invoke(new TrainSetup(
             arch, width, isFloat, options.Dataset, train.Count, valCount, batchSize, resumed?.CompletedEpochs ?? 0, epochs, lr0, cycleStart,
             augmentation, net.ChannelsLast, net.Bf16BinaryConvs, teacherPath, distillation?.Weight, distillation?.Temperature,
-            distillation?.InBf16 ?? false, momentBatches));
+            distillation?.InBf16 ?? false, resumed is null ? null : TrainSetup.OptimizerResume(resumed.Packed, resumed.HasOptimizerState)));
         var wall = Stopwatch.StartNew();
-        if (momentBatches > 0)
-        {
-            EstimateOptimizerMoments(net, optimizer, train, batchSize, momentBatches, augmentation, seed, distillation);
-        }
 
         var history = new List<EpochRecord>(resumed?.History ?? []);
         int bestEpoch = resumed?.BestEpoch ?? -1;
@@ -214,19 +200,6 @@ public static class Trainer
             ModelFile.Save(Exporter.FromCheckpoint(bestPath), options.Out);
         }
         return new TrainResult(latestPath, bestPath, logPath, history, bestEpoch);
-    }
-
-    /// <summary>Rebuilds Adam's moments over <paramref name="batches"/> steps at learning rate 0 (<see cref="OptimizerMomentBatches"/>).</summary>
-    internal static void EstimateOptimizerMoments(
-        BinaryNetwork net, optim.Optimizer optimizer, ImageSet train, int batchSize, int batches, Augmentation augmentation, int seed, Distillation? distillation)
-    {
-        foreach (var group in optimizer.ParamGroups)
-        {
-            group.LearningRate = 0;
-        }
-        // Its own stream, so that the epochs' shuffles and augmentations are those of an uninterrupted run.
-        var rng = new Random(EpochSeed(seed, 0, stream: 3));
-        TrainEpoch(net, optimizer, train, batchSize, batches, Augmenter.For(augmentation, rng), rng, null, distillation, null);
     }
 
     /// <summary>The cosine-annealed learning rate of epoch <paramref name="epoch"/> (from 0) of a <paramref name="epochs"/>-epoch cycle.</summary>

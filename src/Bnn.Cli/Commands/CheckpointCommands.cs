@@ -76,7 +76,7 @@ internal static class CheckpointCommands
         var checkpoint = new Option<string>("--checkpoint") { Description = "a run's latest checkpoint (.ckpt); its best epoch's companion (.best.ckpt) goes along", Required = true };
         var output = new Option<string>("--out") { Description = "pack to write, small enough to commit (e.g. models/checkpoints/RUN.pack)", Required = true };
         var command = new Command("checkpoint-pack",
-            "Pack a run's latest checkpoint and its best epoch into one small file that `bnn train --resume` continues from (latent weights in 16-bit fixed point; Adam's moments re-estimated on resume)")
+            "Pack a run's latest checkpoint and its best epoch into one small file that `bnn train --resume` continues from (latent weights in 16-bit fixed point, Adam's second moments in 8 bits)")
         {
             checkpoint, output,
         };

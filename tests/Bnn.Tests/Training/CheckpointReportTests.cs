@@ -26,7 +26,7 @@ public sealed class CheckpointReportTests
             Float = true, AveragedEpochs = [1, 3, 4], RecalibrationImages = 20000, Augmentation = Augmentation.Flip,
         };
         var snapshot = Header(completed: 4, epochs: 6, optimizerState: false) with { CycleStart = 2, ChannelsLast = false, Bf16BinaryConvs = false };
-        var packed = Header(completed: 4, epochs: 100, optimizerState: false) with { Packed = true, ChannelsLast = true, Bf16BinaryConvs = true };
+        var packed = Header(completed: 4, epochs: 100, optimizerState: true) with { Packed = true, ChannelsLast = true, Bf16BinaryConvs = true };
         var fresh = Header(completed: 0, epochs: 10, optimizerState: true) with { BestEpoch = -1, BestValidationAccuracy = double.NegativeInfinity };
 
         Snapshot.Match(string.Join("---\n",
