@@ -60,13 +60,13 @@ public static class WeightAveraging
         var (train, validation) = Datasets.HoldOut(Datasets.Load(first.Dataset, dataDir, "train"), first.ValidationCount);
         using var net = Exporter.LoadNetwork(checkpoints[0]);
         AverageInto(net, checkpoints);
-        double averaged = Trainer.Evaluate(net, validation).Accuracy;
+        double averaged = Trainer.Validate(net, validation).Accuracy;
         double? recalibrated = null;
         int recalibrationCount = Math.Min(recalibrationImages, train.Count);
         if (recalibrationCount > 0)
         {
             Recalibrate(net, train, recalibrationCount, first.TrainingAugmentation, seed);
-            recalibrated = Trainer.Evaluate(net, validation).Accuracy;
+            recalibrated = Trainer.Validate(net, validation).Accuracy;
         }
         var last = headers.MaxBy(h => h.CompletedEpochs)!;
         var header = last with

@@ -397,6 +397,28 @@ public sealed class TrainingTests
         Assert.Contains("not those of the model", e.Message);
     }
 
+    [Theory]
+    [InlineData("cnv", 0.125)]
+    [InlineData("binarynet-vgg", 1.0 / 16)]
+    public void Validate_InTheEngine_GivesTorchSharpsAccuracyAndLoss(string arch, double width)
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, perBatch: 60, seed: 37, learnable: true);
+        var result = Trainer.Train(new TrainOptions
+        {
+            Arch = arch, Width = width, Dataset = "cifar10", DataDir = dir.Path, Epochs = 1,
+            Out = dir.File("m.bnn"), Seed = 4, BatchSize = 20, MaxBatchesPerEpoch = 4, ValidationCount = 60,
+        });
+        using var net = Exporter.LoadNetwork(result.CheckpointPath);
+        var images = Datasets.Load("cifar10", dir.Path, "train");
+        var (torchLoss, torchAccuracy) = Trainer.Evaluate(net, images);
+        var (engineLoss, engineAccuracy) = Trainer.Validate(net, images, threads: 2);
+        Assert.Equal(torchAccuracy, engineAccuracy);
+        Assert.Equal(torchLoss, engineLoss, tolerance: 1e-4 * torchLoss);
+        // The recorded epoch was validated the same way.
+        Assert.Equal(result.History[^1].ValidationAccuracy, Trainer.Validate(net, Datasets.HoldOut(images, 60).Validation).Accuracy);
+    }
+
     [Fact]
     public void TrainSmoke_PaddedVgg_EngineReproducesTorchIncludingPadding()
     {
