@@ -23,7 +23,6 @@ public sealed record TrainResult(string CheckpointPath, string BestCheckpointPat
 public static class Trainer
 {
     private const int GcEverySteps = 50;
-
     private const int EvalBatch = 500;
 
     /// <summary>Paths of the latest and best checkpoints and the CSV log for a model output path.</summary>
