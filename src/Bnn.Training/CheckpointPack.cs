@@ -233,9 +233,14 @@ public static class CheckpointPack
             long step = reader.ReadInt64();
             long numel = reader.ReadInt64();
             float top = reader.ReadSingle();
-            var v = ReadArray(reader, numel, r => DecodeMoment(r.ReadByte(), top));
+            var codes = reader.ReadBytes(checked((int)numel));
+            if (codes.Length != numel)
+            {
+                throw new EndOfStreamException($"Adam's state for parameter {i} ends after {codes.Length} of {numel} values");
+            }
             if (states is null)
             {
+                // Read only to reach what follows (the best epoch): no tensor to fill.
                 continue;
             }
             var state = states[i];
@@ -245,7 +250,9 @@ public static class CheckpointPack
             }
             state.step = step;
             state.exp_avg.zero_();
-            using var source = tensor(v, state.exp_avg_sq.shape);
+            // 256 codes per tensor: decode each once, not once per value.
+            var decoded = Enumerable.Range(0, 256).Select(code => DecodeMoment((byte)code, top)).ToArray();
+            using var source = tensor(Array.ConvertAll(codes, code => decoded[code]), state.exp_avg_sq.shape);
             state.exp_avg_sq.copy_(source);
         }
     }
@@ -320,7 +327,8 @@ public static class CheckpointPack
         }
         var names = net.Stages.Select((stage, i) => (stage, i)).Where(s => s.stage is BinaryNetwork.IBinaryWeights)
             .Select(s => $"stages.{s.i}.weight").ToHashSet();
-        var missing = names.Where(n => !net.state_dict().ContainsKey(n)).ToList();
+        var state = net.state_dict();
+        var missing = names.Where(n => !state.ContainsKey(n)).ToList();
         if (missing.Count > 0)
         {
             throw new InvalidOperationException($"latent weights not in the state dict under the expected names: {string.Join(", ", missing)}");
