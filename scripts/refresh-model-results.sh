@@ -11,7 +11,9 @@ name=${1:-cnv-cifar10}
 data=${2:-../shared/data/cifar10}
 lossless=lossless_test_0-999.bin.gz
 model=models/$name.bnn
+# The best epoch's checkpoint, or a pack of it (`bnn checkpoint-pack` of the .best.ckpt alone: half the size).
 checkpoint=models/checkpoints/$name.best.ckpt
+[[ -f $checkpoint ]] || checkpoint=models/checkpoints/$name.best.pack
 out=docs/results/$name
 scratch=runs/refresh-$name
 read -r -a bnn <<< "${BNN:-dotnet run --project src/Bnn.Cli -c Release --}"

@@ -24,7 +24,7 @@ internal static class ReproduceCommand
         var maxLoss = new Option<double>("--max-loss") { Description = "approximate: validation accuracy budget", DefaultValueFactory = _ => 0.01 };
         var maxRadius = new Option<int>("--max-radius") { Description = "approximate: largest merge radius tried (1 keeps the run short; radius 2 rarely fits a 1% budget)", DefaultValueFactory = _ => 1 };
         var steiner = new Option<bool>("--steiner") { Description = "also plan exact-similar with CP-SAT Steiner intermediates (adds a row)", DefaultValueFactory = _ => true };
-        var finetune = new Option<int>("--finetune-epochs") { Description = "approximate: sharing-aware fine-tuning epochs (needs checkpoints/<model>.best.ckpt beside the models; 0: off)", DefaultValueFactory = _ => 0 };
+        var finetune = new Option<int>("--finetune-epochs") { Description = "approximate: sharing-aware fine-tuning epochs (needs checkpoints/<model>.best.ckpt or .best.pack beside the models; 0: off)", DefaultValueFactory = _ => 0 };
         var finetuneLoss = new Option<double?>("--finetune-search-loss") { Description = "approximate with fine-tuning: validation budget of the radius search before fine-tuning (default: --max-loss)" };
         var limit = CommonOptions.Limit();
         var threads = CommonOptions.Threads();
@@ -54,7 +54,7 @@ internal static class ReproduceCommand
                     continue;
                 }
                 var settings = new Settings(parse.GetValue(maxLoss), parse.GetValue(maxRadius), parse.GetValue(steiner), parse.GetValue(finetune),
-                    parse.GetValue(finetuneLoss) ?? parse.GetValue(maxLoss), Path.Combine(dir, "checkpoints", name + ".best.ckpt"));
+                    parse.GetValue(finetuneLoss) ?? parse.GetValue(maxLoss), BestCheckpoint(dir, name));
                 rows.Add(Reproduce(io, path, dataset, dataDir, settings, parse.GetValue(limit), t, parse.GetValue(output)));
             }
             if (rows.Count == 0)
@@ -65,6 +65,17 @@ internal static class ReproduceCommand
             return BnnApp.Ok;
         }));
         return command;
+    }
+
+    /// <summary>
+    /// A shipped model's best epoch: its checkpoint, or a pack of it (half the size; what a large model commits). The
+    /// checkpoint is preferred when both exist, as it is the original.
+    /// </summary>
+    internal static string BestCheckpoint(string modelsDir, string name)
+    {
+        var checkpoint = Path.Combine(modelsDir, "checkpoints", name + ".best.ckpt");
+        var pack = Path.Combine(modelsDir, "checkpoints", name + ".best.pack");
+        return File.Exists(checkpoint) || !File.Exists(pack) ? checkpoint : pack;
     }
 
     private sealed record Settings(double MaxLoss, int MaxRadius, bool Steiner, int FinetuneEpochs, double FinetuneSearchLoss, string Checkpoint);
@@ -123,6 +134,10 @@ internal static class ReproduceCommand
             Save(tunedModel, outDir, $"{name}.approximate-finetuned");
             radii += string.Create(CultureInfo.InvariantCulture,
                 $"; fine-tuned: search budget {settings.FinetuneSearchLoss:P1}, radii {string.Join(" ", before.Radii.Select(p => $"conv{p.Key}={p.Value}"))}, validation {before.BaselineAccuracy:P2} -> {tuned.ValidationBefore:P2} merged -> {tuned.ValidationAfter:P2} after {tuned.BestEpoch} epochs");
+        }
+        else if (settings.FinetuneEpochs > 0)
+        {
+            io.Err.WriteLine($"{name}: no sharing-aware fine-tuning: {settings.Checkpoint} (or its .best.pack) not found");
         }
         return new Row(name, Accuracy(dense, test), denseLossless is null ? null : Accuracy(denseLossless, lossless!), test.Count, modes, radii);
     }

@@ -64,8 +64,11 @@ public sealed class ShareAndReproduceTests
         TestData.WriteCifarDirectory(dir, perBatch: 20, seed: 6);
         Directory.CreateDirectory(dir.File("models"));
         ModelFile.Save(SharingModel(), dir.File("models/tiny-cifar10.bnn"));
-        var (code, output, err) = CliRunner.Run("reproduce", "--data", dir.Path, "--models", dir.File("models"), "--max-radius", "1", "--out", dir.File("out"));
+        var (code, output, err) = CliRunner.Run("reproduce", "--data", dir.Path, "--models", dir.File("models"), "--max-radius", "1", "--out", dir.File("out"),
+            "--finetune-epochs", "1");
         Assert.True(code == 0, err);
+        Assert.Contains("tiny-cifar10: no sharing-aware fine-tuning: ", err, StringComparison.Ordinal);
+        Assert.DoesNotContain("approx+finetune", output, StringComparison.Ordinal);
         Assert.Contains("tiny-cifar10", output);
         Assert.Contains("about 60% fewer", output);
         var lines = output.Split('\n');

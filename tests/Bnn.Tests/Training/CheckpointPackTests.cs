@@ -208,6 +208,28 @@ public sealed class CheckpointPackTests
         Assert.True(File.Exists(dir.File("b/m.bnn")));
     }
 
+    [Fact]
+    public void Reproduce_FineTunesAShippedModel_FromAPackOfItsBestEpoch()
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, 100, seed: 47, learnable: true);
+        var (code, _, error) = Cli.CliRunner.Run("train", "--arch", "cnv", "--width", "0.125", "--dataset", "cifar10", "--epochs", "1",
+            "--out", dir.File("run/m.bnn"), "--data", dir.Path, "--batch", "20", "--max-batches", "2", "--bf16-convs", "false");
+        Assert.True(code == 0, error);
+        Directory.CreateDirectory(dir.File("models/checkpoints"));
+        File.Copy(dir.File("run/m.bnn"), dir.File("models/tiny-cifar10.bnn"));
+        (code, _, error) = Cli.CliRunner.Run("checkpoint-pack", "--checkpoint", dir.File("run/m.best.ckpt"), "--out", dir.File("models/checkpoints/tiny-cifar10.best.pack"));
+        Assert.True(code == 0, error);
+
+        // A budget that admits any merge, so that there is something to fine-tune
+        (code, var output, error) = Cli.CliRunner.Run("reproduce", "--data", dir.Path, "--models", dir.File("models"), "--max-radius", "1",
+            "--steiner", "false", "--max-loss", "1", "--finetune-epochs", "1");
+
+        Assert.True(code == 0, error);
+        Assert.Contains($"tiny-cifar10: sharing-aware fine-tuning for 1 epochs from {dir.File("models/checkpoints/tiny-cifar10.best.pack")}", error, StringComparison.Ordinal);
+        Assert.Contains("approx+finetune", output, StringComparison.Ordinal);
+    }
+
     private static List<float> Latents(BinaryNetwork net) =>
         net.Stages.OfType<BinaryNetwork.IBinaryWeights>().SelectMany(s => s.Weight.detach().clone().data<float>().ToArray()).ToList();
 
