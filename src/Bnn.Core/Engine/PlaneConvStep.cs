@@ -19,9 +19,17 @@ namespace Bnn.Engine;
 /// position q + ky·Wp + kx: every tap is a constant offset, so a vector of consecutive q needs no gather. The kw − 1
 /// positions per row with ox ≥ Wo are computed and discarded.</para>
 /// <para><b>Order.</b> Per tile of consecutive positions and per block of input channels (sized so the block's 2-D
-/// results stay in L1 and their signed sum cannot overflow the lane), the block's nodes are computed (roots from their
-/// n taps, derived nodes from their parent with d corrections; nodes read with sign −1 are also stored negated),
-/// then every output channel adds its block's C_b rows in a register and widens the sum into a 16-bit accumulator.</para>
+/// results stay in cache and their signed sum cannot overflow the lane), the block's nodes are computed (roots from
+/// their n taps, derived nodes from their parent with d corrections; nodes read with sign −1 are also stored negated),
+/// then every output channel adds its block's C_b rows in a register and widens the sum into a 16-bit accumulator.
+/// A layer whose channels all fit one block (the input layer) is one block, so no sum goes through memory twice.</para>
+/// <para><b>Nodes with few branches.</b> Every node is a row plus a list of plane values: a root is the zero row plus
+/// ±x at its n taps, a derived node its parent's row (or that row negated) plus ±2x at its d corrections. The planes
+/// are kept in four signed copies (x, −x, 2x, −2x), so a node is only loads, adds and stores. Nodes run by depth in
+/// their derivation forest, and within a depth those whose negation is stored apart from the others, then by their
+/// number of corrections, so the branches that remain (negated store or not, one correction or more) run in long
+/// predictable stretches. The earlier program chose add or subtract, negation and the negated store per node; on the
+/// CNV's input layer its mispredicted branches cost more than the arithmetic.</para>
 /// <para><b>Packing.</b> Input bits are unpacked, and thresholded outputs packed, 64 pixels x 64 channels at a time
 /// through a bit-matrix transpose (<see cref="PlaneBits"/>). Bit-identical to the dense engines.</para>
 /// <para><b>Speed.</b> Every (output, input) pair still costs one row addition per tile, whatever the plan; on the
@@ -63,6 +71,7 @@ internal sealed class PlaneConvStep<T> : PackedStep
     private readonly int flatOutputs;     // Ho·Wp
     private readonly int accStride;       // flat outputs rounded up to whole tiles and to 64
     private readonly int planeStride;     // per input channel, in lanes of T
+    private readonly int signedSetStride; // one signed copy (x, −x, 2x or −2x) of every channel's plane
     private readonly int slots;
     private readonly int tileVectors;      // vectors of consecutive positions each node row covers
     private readonly ChannelBlock[] blocks;
@@ -86,59 +95,83 @@ internal sealed class PlaneConvStep<T> : PackedStep
         accStride = RoundUp(RoundUp(flatOutputs, Lanes), 64);
         int reach = ((layer.KernelH - 1) * paddedWidth) + layer.KernelW - 1;
         planeStride = RoundUp(Math.Max(accStride + reach, Math.Max(paddedHeight * paddedWidth, RoundUp(inShape.Height * inShape.Width, 64))), Lanes);
-        blocks = BuildBlocks(layer, plan, paddedWidth, planeStride, RoundUp(flatOutputs, Lanes) / Lanes, out slots, out tileVectors);
+        signedSetStride = layer.InChannels * planeStride;
+        blocks = BuildBlocks(layer, plan, paddedWidth, planeStride, signedSetStride, RoundUp(flatOutputs, Lanes) / Lanes, out slots, out tileVectors);
         bounds = layer.Threshold.Bound.Select(b => (short)Math.Clamp(b, short.MinValue, short.MaxValue)).ToArray();
         setWhenAtLeast = layer.Threshold.Flip.Select(f => f ? ulong.MaxValue : 0UL).ToArray();
         OutputWords = outShape.Height * outShape.Width * BitConvention.Words(outShape.Channels);
-        planeBytes = layer.InChannels * planeStride * Unsafe.SizeOf<T>();
+        planeBytes = SignedSets * signedSetStride * Unsafe.SizeOf<T>();
         slotBytes = Math.Max(slots, 1) * tileVectors * Lanes * Unsafe.SizeOf<T>();
         int accBytes = layer.OutChannels * accStride * sizeof(short);
         PaddedWords = ((planeBytes + slotBytes + accBytes + sizeof(ulong) - 1) / sizeof(ulong)) + 1; // + the borders marker
     }
 
-    /// <summary>The input layer reads pixel levels into the accumulator scratch first.</summary>
-    public override int AccumulatorCount => layer.IsInputLayer ? inShape.Size : 0;
-
     public override bool TakesPixels => layer.IsInputLayer;
 
     /// <summary>
     /// Consecutive input channels whose nodes are computed together. <c>Program</c> holds each node as
-    /// [slot, parent slot or −1, negate parent (0/1), negated slot or −1, #plus, #minus, plane base, plus offsets…,
-    /// minus offsets…] (slots in elements of the rows scratch; a ±2 correction appears twice); <c>Offsets</c>[k·Channels + j]
-    /// is the row output k adds for the block's j-th channel.
+    /// [slot, negated slot or −1, base row, m, plane offsets…] (m of them): the node's row is the base row plus the m
+    /// plane values, stored at the slot and, negated, at the negated slot. Slots are in elements of the rows scratch, plane
+    /// offsets in elements from the tile's first position in the signed copy x, and <c>Offsets</c>[k·Channels + j] is
+    /// the row output k adds for the block's j-th channel.
     /// </summary>
     private sealed record ChannelBlock(int Channels, int NodeCount, int[] Program, int[] Offsets);
 
+    // The zero row a root starts from; every block keeps it before its nodes' rows.
+    private const int ZeroSlot = 0;
+    private const int ReservedSlots = 1;
+
+    // The planes' signed copies, in this order in the planes scratch: roots add ±x, corrections ±2x.
+    private const int SignedSets = 4;
+    private const int Plus1 = 0, Minus1 = 1, Plus2 = 2, Minus2 = 3;
+
     private static int RoundUp(int value, int multiple) => (value + multiple - 1) / multiple * multiple;
 
-    private static ChannelBlock[] BuildBlocks(ConvLayer layer, LayerPlan plan, int paddedWidth, int planeStride, int vectors,
-        out int maxSlots, out int tileVectors)
+    private static ChannelBlock[] BuildBlocks(ConvLayer layer, LayerPlan plan, int paddedWidth, int planeStride, int signedSetStride,
+        int vectors, out int maxSlots, out int tileVectors)
     {
-        int n = plan.Taps, kw = layer.KernelW, c = layer.InChannels, k = layer.OutChannels;
-        long perNode = layer.MaxInputMagnitude * n;
+        int kw = layer.KernelW, c = layer.InChannels, k = layer.OutChannels;
+        long perNode = layer.MaxInputMagnitude * plan.Taps;
         int maxChannels = (int)Math.Max(1, long.CreateTruncating(T.MaxValue) / perNode);
         var nodesOf = new List<int>[c];
         for (int i = 0; i < plan.Nodes.Count; i++)
         {
             (nodesOf[plan.Nodes[i].Channel] ??= []).Add(i);
         }
+        // A node's negation is kept where a filter reads it with sign −1 or a child derives from it negated.
         var negated = new bool[plan.Nodes.Count];
         for (int f = 0; f < plan.Assignment.Length; f++)
         {
             negated[plan.Assignment[f]] |= plan.Signs[f] < 0;
         }
+        for (int i = 0; i < plan.Nodes.Count; i++)
+        {
+            if (!plan.Nodes[i].IsRoot && plan.Derivation(i).Negated)
+            {
+                negated[plan.Nodes[i].Parent] = true;
+            }
+        }
+        // Parents precede children on a channel (LayerPlan.Validate), so one pass finds every node's depth.
+        var depth = new int[plan.Nodes.Count];
+        for (int i = 0; i < plan.Nodes.Count; i++)
+        {
+            depth[i] = plan.Nodes[i].IsRoot ? 0 : depth[plan.Nodes[i].Parent] + 1;
+        }
         int RowsOf(int channel) => (nodesOf[channel] ?? []).Sum(i => negated[i] ? 2 : 1);
-        // Rows as long as the budget allows for the busiest channel: a node's fixed cost is spread over more positions.
         int rowBytes = Lanes * Unsafe.SizeOf<T>();
-        int busiest = Enumerable.Range(0, c).Max(RowsOf);
-        tileVectors = Math.Clamp(RowBudgetBytes / (Math.Max(busiest, 1) * rowBytes), 1, vectors);
+        int allRows = ReservedSlots + Enumerable.Range(0, c).Sum(RowsOf);
+        int busiest = ReservedSlots + Enumerable.Range(0, c).Max(RowsOf);
+        // One block when every channel fits it: each output's sum then stays in a register to the end. Otherwise rows
+        // as long as the budget allows for the busiest channel, so that a node's fixed cost is spread over more positions.
+        bool oneBlock = c <= maxChannels && allRows * rowBytes <= RowBudgetBytes;
+        tileVectors = Math.Clamp(RowBudgetBytes / ((oneBlock ? allRows : busiest) * rowBytes), 1, vectors);
         int rowLength = tileVectors * Lanes;
-        int slotBudget = Math.Max(busiest, RowBudgetBytes / (tileVectors * rowBytes));
+        int slotBudget = oneBlock ? allRows : Math.Max(busiest, RowBudgetBytes / (tileVectors * rowBytes));
         var blocks = new List<ChannelBlock>();
         maxSlots = 0;
         for (int first = 0; first < c;)
         {
-            int count = 1, rows = RowsOf(first);
+            int count = 1, rows = ReservedSlots + RowsOf(first);
             while (first + count < c && count < maxChannels && rows + RowsOf(first + count) <= slotBudget)
             {
                 rows += RowsOf(first + count++);
@@ -146,16 +179,15 @@ internal sealed class PlaneConvStep<T> : PackedStep
             var slot = new int[plan.Nodes.Count];
             var negatedSlot = new int[plan.Nodes.Count];
             var program = new List<int>();
-            int next = 0, nodeCount = 0;
-            for (int ch = first; ch < first + count; ch++)
+            int next = ReservedSlots, nodeCount = 0;
+            var order = Enumerable.Range(first, count).SelectMany(ch => nodesOf[ch] ?? [])
+                .OrderBy(i => depth[i]).ThenBy(i => negated[i]).ThenBy(plan.NodeCost);
+            foreach (int i in order)
             {
-                foreach (int i in nodesOf[ch] ?? [])
-                {
-                    slot[i] = next++;
-                    negatedSlot[i] = negated[i] ? next++ : -1;
-                    AppendNode(program, plan, i, slot, negatedSlot, rowLength, kw, paddedWidth, planeStride);
-                    nodeCount++;
-                }
+                slot[i] = next++;
+                negatedSlot[i] = negated[i] ? next++ : -1;
+                AppendNode(program, plan, i, slot, negatedSlot, rowLength, kw, paddedWidth, planeStride, signedSetStride);
+                nodeCount++;
             }
             var offsets = new int[k * count];
             for (int o = 0; o < k; o++)
@@ -174,55 +206,54 @@ internal sealed class PlaneConvStep<T> : PackedStep
         return [.. blocks];
     }
 
-    private static void AppendNode(List<int> program, LayerPlan plan, int i, int[] slot, int[] negatedSlot, int rowLength, int kw, int paddedWidth, int planeStride)
+    private static void AppendNode(List<int> program, LayerPlan plan, int i, int[] slot, int[] negatedSlot, int rowLength, int kw,
+        int paddedWidth, int planeStride, int signedSetStride)
     {
         var node = plan.Nodes[i];
-        // Roots add code_t·x_t over all n taps; derived nodes correct their parent's taps (LayerPlan.Derivation).
+        // Roots add code_t·x over all n taps to the zero row. A derived node starts from its parent's row, negated when
+        // the derivation says so, and corrects the taps where they differ by −2·code_t·x (same orientation) or
+        // +2·code_t·x (negated), code being the parent's (LayerPlan.Derivation).
         bool negate = false;
-        int corrected = FilterCode.Mask(plan.Taps), code = node.Code, times = 1;
+        int corrected = FilterCode.Mask(plan.Taps), code = node.Code, baseSlot = ZeroSlot;
         if (!node.IsRoot)
         {
             (negate, corrected) = plan.Derivation(i);
             code = plan.Nodes[node.Parent].Code;
-            times = 2;
+            baseSlot = negate ? negatedSlot[node.Parent] : slot[node.Parent];
         }
-        var plus = new List<int>();
-        var minus = new List<int>();
+        var taps = new List<int>();
         for (int t = 0; t < plan.Taps; t++)
         {
-            if (((corrected >> t) & 1) == 0)
+            if (((corrected >> t) & 1) != 0)
             {
-                continue;
+                bool positive = (((code >> t) & 1) == 0) == (node.IsRoot || negate);
+                int set = node.IsRoot ? (positive ? Plus1 : Minus1) : (positive ? Plus2 : Minus2);
+                taps.Add((set * signedSetStride) + (node.Channel * planeStride) + ((t / kw) * paddedWidth) + (t % kw));
             }
-            // Root: +code_t·x. Derived: −2·code_t·x (same orientation) or +2·code_t·x (negated), see LayerPlan.Derivation.
-            bool positive = (((code >> t) & 1) == 0) == (node.IsRoot || negate);
-            (positive ? plus : minus).AddRange(Enumerable.Repeat(((t / kw) * paddedWidth) + (t % kw), times));
         }
-        program.AddRange([slot[i] * rowLength, node.IsRoot ? -1 : slot[node.Parent] * rowLength, negate ? 1 : 0,
-            negatedSlot[i] < 0 ? -1 : negatedSlot[i] * rowLength, plus.Count, minus.Count, node.Channel * planeStride]);
-        program.AddRange(plus);
-        program.AddRange(minus);
+        program.AddRange([slot[i] * rowLength, negatedSlot[i] < 0 ? -1 : negatedSlot[i] * rowLength, baseSlot * rowLength, taps.Count]);
+        program.AddRange(taps);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public override ReadOnlySpan<ulong> RunPixels(ReadOnlySpan<byte> pixels, ulong[] output, ulong[] padded, int[] acc)
     {
         var planes = Planes(padded);
-        var levels = acc.AsSpan(0, inShape.Size);
-        PixelCode.EncodeImage(layer, pixels, levels);
         int p = layer.Padding, h = inShape.Height, w = inShape.Width;
         for (int c = 0; c < inShape.Channels; c++)
         {
+            var levels = layer.PixelLevels is { } table ? table.AsSpan(c * 256, 256) : default;
             for (int y = 0; y < h; y++)
             {
-                var src = levels.Slice(((c * h) + y) * w, w);
+                var src = pixels.Slice(((c * h) + y) * w, w);
                 var dst = planes.Slice((c * planeStride) + ((y + p) * paddedWidth) + p, w);
                 for (int x = 0; x < w; x++)
                 {
-                    dst[x] = T.CreateTruncating(src[x]);
+                    dst[x] = T.CreateTruncating(levels.IsEmpty ? PixelCode.Encode(src[x]) : levels[src[x]]);
                 }
             }
         }
+        SignedCopies(padded);
         Convolve(padded);
         Pack(padded, output);
         return output;
@@ -231,6 +262,7 @@ internal sealed class PlaneConvStep<T> : PackedStep
     public override ReadOnlySpan<ulong> Run(ReadOnlySpan<ulong> input, ulong[] output, ulong[] padded, int[] acc)
     {
         Unpack(input, padded);
+        SignedCopies(padded);
         Convolve(padded);
         Pack(padded, output);
         return output;
@@ -302,6 +334,22 @@ internal sealed class PlaneConvStep<T> : PackedStep
         }
     }
 
+    /// <summary>Writes −x, 2x and −2x beside the planes x, borders included.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private void SignedCopies(ulong[] scratch)
+    {
+        ref T x = ref Unsafe.As<byte, T>(ref MemoryMarshal.AsBytes(scratch.AsSpan())[0]);
+        int n = signedSetStride, lanes = Lanes;
+        for (int i = 0; i < n; i += lanes)
+        {
+            var value = Vector512.LoadUnsafe(ref x, (nuint)i);
+            var twice = value + value;
+            (-value).StoreUnsafe(ref x, (nuint)((Minus1 * n) + i));
+            twice.StoreUnsafe(ref x, (nuint)((Plus2 * n) + i));
+            (-twice).StoreUnsafe(ref x, (nuint)((Minus2 * n) + i));
+        }
+    }
+
     /// <summary>Fills the 16-bit accumulators (K rows of flat positions) from the planes.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Convolve(ulong[] scratch)
@@ -315,6 +363,7 @@ internal sealed class PlaneConvStep<T> : PackedStep
         {
             int count = Math.Min(tileVectors, vectors - tile);
             int q = tile * lanes;
+            MemoryMarshal.CreateSpan(ref rows, count * lanes).Clear(); // the zero row (slot 0)
             for (int b = 0; b < blocks.Length; b++)
             {
                 var block = blocks[b];
@@ -348,37 +397,47 @@ internal sealed class PlaneConvStep<T> : PackedStep
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static ref int ComputeNode(ref int step, ref T tileOrigin, ref T rows, int count)
     {
-        int slot = step, parent = Unsafe.Add(ref step, 1), negatedSlot = Unsafe.Add(ref step, 3);
-        bool negate = Unsafe.Add(ref step, 2) != 0;
-        int plus = Unsafe.Add(ref step, 4), minus = Unsafe.Add(ref step, 5);
-        ref T origin = ref Unsafe.Add(ref tileOrigin, Unsafe.Add(ref step, 6));
-        ref int taps = ref Unsafe.Add(ref step, 7);
+        int slot = step, negatedSlot = Unsafe.Add(ref step, 1), baseRow = Unsafe.Add(ref step, 2), m = Unsafe.Add(ref step, 3);
+        ref int taps = ref Unsafe.Add(ref step, 4);
         int lanes = Lanes;
-        for (int v = 0; v < count; v++)
+        if (m == 1 && negatedSlot < 0)
         {
-            int at = v * lanes;
-            var value = Vector512<T>.Zero;
-            if (parent >= 0)
+            // Nine nodes in ten on the CNV: one correction.
+            nuint tap = (nuint)taps;
+            for (int v = 0, at = 0; v < count; v++, at += lanes)
             {
-                value = Vector512.LoadUnsafe(ref rows, (nuint)(parent + at));
-                value = negate ? -value : value;
+                var value = Vector512.LoadUnsafe(ref rows, (nuint)(baseRow + at)) + Vector512.LoadUnsafe(ref Unsafe.Add(ref tileOrigin, at), tap);
+                value.StoreUnsafe(ref rows, (nuint)(slot + at));
             }
-            ref T x = ref Unsafe.Add(ref origin, at);
-            for (int t = 0; t < plus; t++)
+        }
+        else if (m == 1)
+        {
+            nuint tap = (nuint)taps;
+            for (int v = 0, at = 0; v < count; v++, at += lanes)
             {
-                value += Vector512.LoadUnsafe(ref x, (nuint)Unsafe.Add(ref taps, t));
-            }
-            for (int t = plus; t < plus + minus; t++)
-            {
-                value -= Vector512.LoadUnsafe(ref x, (nuint)Unsafe.Add(ref taps, t));
-            }
-            value.StoreUnsafe(ref rows, (nuint)(slot + at));
-            if (negatedSlot >= 0)
-            {
+                var value = Vector512.LoadUnsafe(ref rows, (nuint)(baseRow + at)) + Vector512.LoadUnsafe(ref Unsafe.Add(ref tileOrigin, at), tap);
+                value.StoreUnsafe(ref rows, (nuint)(slot + at));
                 (-value).StoreUnsafe(ref rows, (nuint)(negatedSlot + at));
             }
         }
-        return ref Unsafe.Add(ref taps, plus + minus);
+        else
+        {
+            for (int v = 0, at = 0; v < count; v++, at += lanes)
+            {
+                var value = Vector512.LoadUnsafe(ref rows, (nuint)(baseRow + at));
+                ref T x = ref Unsafe.Add(ref tileOrigin, at);
+                for (int t = 0; t < m; t++)
+                {
+                    value += Vector512.LoadUnsafe(ref x, (nuint)Unsafe.Add(ref taps, t));
+                }
+                value.StoreUnsafe(ref rows, (nuint)(slot + at));
+                if (negatedSlot >= 0)
+                {
+                    (-value).StoreUnsafe(ref rows, (nuint)(negatedSlot + at));
+                }
+            }
+        }
+        return ref Unsafe.Add(ref taps, m);
     }
 
     /// <summary>Adds (or, for the first block, stores) a block's sum into the 16-bit accumulators.</summary>

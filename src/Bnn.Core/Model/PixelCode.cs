@@ -17,10 +17,27 @@ public static class PixelCode
     /// <summary>Writes the input layer's level of every pixel of a (C, H, W) image.</summary>
     public static void EncodeImage(ConvLayer inputLayer, ReadOnlySpan<byte> pixels, Span<int> levels)
     {
+        // Channel by channel: a division per pixel to find its channel cost more than the engines' whole input layer.
         int plane = pixels.Length / inputLayer.InChannels;
-        for (int i = 0; i < pixels.Length; i++)
+        for (int c = 0; c < inputLayer.InChannels; c++)
         {
-            levels[i] = inputLayer.PixelLevel(i / plane, pixels[i]);
+            var source = pixels.Slice(c * plane, plane);
+            var target = levels.Slice(c * plane, plane);
+            if (inputLayer.PixelLevels is { } table)
+            {
+                var own = table.AsSpan(c * 256, 256);
+                for (int i = 0; i < source.Length; i++)
+                {
+                    target[i] = own[source[i]];
+                }
+            }
+            else
+            {
+                for (int i = 0; i < source.Length; i++)
+                {
+                    target[i] = Encode(source[i]);
+                }
+            }
         }
     }
 }
