@@ -32,9 +32,10 @@ namespace Bnn.Engine;
 /// CNV's input layer its mispredicted branches cost more than the arithmetic.</para>
 /// <para><b>Packing.</b> Input bits are unpacked, and thresholded outputs packed, 64 pixels x 64 channels at a time
 /// through a bit-matrix transpose (<see cref="PlaneBits"/>). Bit-identical to the dense engines.</para>
-/// <para><b>Speed.</b> Every (output, input) pair still costs one row addition per tile, whatever the plan; on the
-/// Zen 5 machine measured that keeps this kernel slower than the packed XNOR-popcount on every binary CNV layer, so
-/// <see cref="SharedEngine"/> times both per layer and keeps the faster (bench/RESULTS.md).</para>
+/// <para><b>Speed.</b> Every (output, input) pair still costs one row addition per tile, whatever the plan, and every
+/// node one or two row stores. On both hosts measured (Zen 4 and Zen 5) that keeps this kernel slower than the dense
+/// kernels on every CNV layer, the input layer included, so <see cref="SharedEngine"/> times both per layer and keeps
+/// the faster (bench/RESULTS.md).</para>
 /// </summary>
 internal static class PlaneConvStep
 {
