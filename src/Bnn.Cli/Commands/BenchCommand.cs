@@ -35,7 +35,7 @@ internal static class BenchCommand
         var batches = new Option<string>("--batch") { Description = "comma-separated batch sizes (images per call)", DefaultValueFactory = _ => "1,64" };
         var threadList = new Option<string>("--threads") { Description = "comma-separated thread counts", DefaultValueFactory = _ => "1,2" };
         var images = new Option<int>("--images") { Description = "images per timed run (the reference engine uses at most 32)", DefaultValueFactory = _ => 256 };
-        var repeats = new Option<int>("--repeats") { Description = "timed runs per configuration, after at least 1 s of warm-up runs", DefaultValueFactory = _ => 5 };
+        var repeats = new Option<int>("--repeats") { Description = "timed rounds, each one pass of every configuration in turn (after at least 1 s of warm-up per configuration)", DefaultValueFactory = _ => 5 };
         var data = CommonOptions.Data(required: false);
         var json = CommonOptions.Json();
         var command = new Command("bench", "Benchmark engines side by side, with the fast engine's per-layer popcount roofline")
@@ -62,22 +62,38 @@ internal static class BenchCommand
                 ? Datasets.Load("cifar10", dir, "test").Take(count)
                 : RandomImages(m, count);
             var planned = m.Plans.Count > 0 ? m : m.WithPlans(Planner.PlanModel(m, Planner.ExactSimilar));
-            var rows = new List<Row>();
             IReadOnlyList<LayerChoice> choices = [];
-            foreach (var name in names)
+            var created = new List<IEngine>();
+            var timings = new List<Timing>();
+            try
             {
-                var engine = EvalCommand.CreateEngine(name, name == "shared" ? planned : m, path);
-                choices = engine is SharedEngine sharedEngine ? sharedEngine.Choices : choices;
-                var subset = name == "reference" ? set.Take(Math.Min(set.Count, 32)) : set;
-                foreach (int batch in batchSizes)
+                foreach (var name in names)
                 {
-                    foreach (int threads in threadCounts)
+                    var engine = EvalCommand.CreateEngine(name, name == "shared" ? planned : m, path);
+                    created.Add(engine);
+                    choices = engine is SharedEngine sharedEngine ? sharedEngine.Choices : choices;
+                    var subset = name == "reference" ? set.Take(Math.Min(set.Count, 32)) : set;
+                    foreach (int batch in batchSizes)
                     {
-                        rows.Add(Measure(engine, subset, batch, threads, runs));
-                        io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {name} batch {batch} threads {threads}: {rows[^1].ImagesPerSecond:F1} images/s"));
+                        foreach (int threads in threadCounts)
+                        {
+                            timings.Add(new Timing(engine, subset, batch, threads, runs));
+                        }
                     }
                 }
-                (engine as IDisposable)?.Dispose();
+                TimeInRounds(timings, runs);
+            }
+            finally
+            {
+                foreach (var engine in created)
+                {
+                    (engine as IDisposable)?.Dispose();
+                }
+            }
+            var rows = timings.Select(t => t.Result()).ToList();
+            foreach (var row in rows)
+            {
+                io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {row.Engine} batch {row.Batch} threads {row.Threads}: {row.ImagesPerSecond:F1} images/s"));
             }
             var roofline = Roofline.Measure();
             var (layers, convChoices) = ProfileLayers(m, set, roofline.Peak);
@@ -109,38 +125,77 @@ internal static class BenchCommand
     }
 
     /// <summary>
-    /// Warm-up passes for at least <see cref="WarmUp"/> (so tiered compilation has replaced tier-0 code, which a single
-    /// pass did not: the first configuration measured ~20 % slow), then <paramref name="runs"/> timed passes over the
-    /// images in calls of <paramref name="batch"/>.
+    /// Round by round, one timed pass of every configuration each. A machine that slows down for a while (on the
+    /// shared 2-core host one engine alone read 6,000 and 7,700 images/s within a process) then slows every engine
+    /// alike, instead of whichever was being measured, and the ratios hold.
     /// </summary>
-    internal static Row Measure(IEngine engine, ImageSet images, int batch, int threads, int runs)
+    internal static void TimeInRounds(IReadOnlyList<Timing> timings, int runs)
     {
-        var scores = new int[Math.Min(batch, images.Count) * engine.Model.Classes];
-        void Pass()
+        for (int r = 0; r < runs; r++)
         {
-            for (int start = 0; start < images.Count; start += batch)
+            foreach (var timing in timings)
             {
-                int n = Math.Min(batch, images.Count - start);
-                engine.Score(images, start, n, scores.AsSpan(0, n * engine.Model.Classes), threads);
+                timing.TimePass(r);
             }
         }
-        var warm = Stopwatch.StartNew();
-        do
+    }
+
+    /// <summary>
+    /// One configuration's timed passes over the images in calls of its batch size. Created with warm-up passes for at
+    /// least <see cref="WarmUp"/> (so tiered compilation has replaced tier-0 code, which a single pass did not: the
+    /// first configuration measured ~20 % slow), after which the process's peak memory so far is its memory figure.
+    /// </summary>
+    internal sealed class Timing
+    {
+        private readonly IEngine engine;
+        private readonly ImageSet images;
+        private readonly int[] scores;
+        private readonly double[] ms;
+        private readonly double peakRssMb;
+
+        public Timing(IEngine engine, ImageSet images, int batch, int threads, int runs)
         {
-            Pass();
+            (this.engine, this.images, Batch, Threads) = (engine, images, batch, threads);
+            scores = new int[Math.Min(batch, images.Count) * engine.Model.Classes];
+            ms = new double[runs];
+            var warm = Stopwatch.StartNew();
+            do
+            {
+                Pass();
+            }
+            while (warm.Elapsed < WarmUp);
+            using var self = Process.GetCurrentProcess();
+            peakRssMb = self.PeakWorkingSet64 / (1024.0 * 1024.0);
         }
-        while (warm.Elapsed < WarmUp);
-        var ms = new double[runs];
-        for (int r = 0; r < runs; r++)
+
+        public int Batch { get; }
+
+        public int Threads { get; }
+
+        public void TimePass(int run)
         {
             var clock = Stopwatch.StartNew();
             Pass();
-            ms[r] = clock.Elapsed.TotalMilliseconds / images.Count;
+            ms[run] = clock.Elapsed.TotalMilliseconds / images.Count;
         }
-        Array.Sort(ms);
-        double median = runs % 2 == 1 ? ms[runs / 2] : (ms[(runs / 2) - 1] + ms[runs / 2]) / 2;
-        using var self = Process.GetCurrentProcess();
-        return new Row(engine.Name, batch, threads, images.Count, median, ms[^1] - ms[0], self.PeakWorkingSet64 / (1024.0 * 1024.0));
+
+        /// <summary>The median and spread (max − min) of the passes, in ms per image.</summary>
+        public Row Result()
+        {
+            var sorted = ms.Order().ToArray();
+            int n = sorted.Length;
+            double median = n % 2 == 1 ? sorted[n / 2] : (sorted[(n / 2) - 1] + sorted[n / 2]) / 2;
+            return new Row(engine.Name, Batch, Threads, images.Count, median, sorted[^1] - sorted[0], peakRssMb);
+        }
+
+        private void Pass()
+        {
+            for (int start = 0; start < images.Count; start += Batch)
+            {
+                int n = Math.Min(Batch, images.Count - start);
+                engine.Score(images, start, n, scores.AsSpan(0, n * engine.Model.Classes), Threads);
+            }
+        }
     }
 
     private static double[] ProfileShared(BnnModel planned, ImageSet images)

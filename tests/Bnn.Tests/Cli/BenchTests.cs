@@ -48,6 +48,41 @@ public sealed class BenchTests
     }
 
     [Fact]
+    public void Bench_TimesEveryConfigurationOncePerRound_SoThatAPassingSlowdownHitsThemAlike()
+    {
+        var model = RandomModels.Create(Architectures.Build("cnv", 0.125), new Shape(3, 32, 32), seed: 4);
+        var images = new Bnn.Data.ImageSet(new byte[4 * model.Input.Size], new byte[4], 3, 32, 32, model.Classes);
+        var calls = new List<string>();
+        var timings = new[]
+        {
+            new Bnn.Cli.BenchCommand.Timing(new RecordingEngine("a", model, calls), images, batch: 2, threads: 1, runs: 3),
+            new Bnn.Cli.BenchCommand.Timing(new RecordingEngine("b", model, calls), images, batch: 4, threads: 2, runs: 3),
+        };
+        calls.Clear(); // the warm-up passes
+
+        Bnn.Cli.BenchCommand.TimeInRounds(timings, 3);
+
+        // A pass of "a" is two calls of 2 images, one of "b" a call of 4
+        Assert.Equal(["a/1", "a/1", "b/2", "a/1", "a/1", "b/2", "a/1", "a/1", "b/2"], calls);
+        var rows = timings.Select(t => t.Result()).ToList();
+        Assert.Equal([("a", 2, 1), ("b", 4, 2)], rows.Select(r => (r.Engine, r.Batch, r.Threads)));
+        Assert.All(rows, r => Assert.True(r.MsMedian > 0 && r.MsSpread >= 0 && r.PeakRssMb > 0));
+    }
+
+    private sealed class RecordingEngine(string name, BnnModel model, List<string> calls) : Bnn.Engine.IEngine
+    {
+        public string Name => name;
+
+        public BnnModel Model => model;
+
+        public void Score(Bnn.Data.ImageSet images, int start, int count, Span<int> scores, int threads = 1)
+        {
+            calls.Add($"{name}/{threads}");
+            scores.Clear();
+        }
+    }
+
+    [Fact]
     public void Bench_UnknownEngine_IsAUsageError()
     {
         using var dir = new TempDirectory();
