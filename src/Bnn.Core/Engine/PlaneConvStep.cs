@@ -243,15 +243,9 @@ internal sealed class PlaneConvStep<T> : PackedStep
         int p = layer.Padding, h = inShape.Height, w = inShape.Width;
         for (int c = 0; c < inShape.Channels; c++)
         {
-            var levels = layer.PixelLevels is { } table ? table.AsSpan(c * 256, 256) : default;
             for (int y = 0; y < h; y++)
             {
-                var src = pixels.Slice(((c * h) + y) * w, w);
-                var dst = planes.Slice((c * planeStride) + ((y + p) * paddedWidth) + p, w);
-                for (int x = 0; x < w; x++)
-                {
-                    dst[x] = T.CreateTruncating(levels.IsEmpty ? PixelCode.Encode(src[x]) : levels[src[x]]);
-                }
+                PixelCode.EncodeChannel(layer, c, pixels.Slice(((c * h) + y) * w, w), planes.Slice((c * planeStride) + ((y + p) * paddedWidth) + p, w));
             }
         }
         SignedCopies(padded);

@@ -17,27 +17,32 @@ public static class PixelCode
     /// <summary>Writes the input layer's level of every pixel of a (C, H, W) image.</summary>
     public static void EncodeImage(ConvLayer inputLayer, ReadOnlySpan<byte> pixels, Span<int> levels)
     {
-        // Channel by channel: a division per pixel to find its channel cost more than the engines' whole input layer.
+        // Channel by channel: finding each pixel's channel by a division cost about 10 µs per CNV image, half of
+        // the dense engine's whole input layer.
         int plane = pixels.Length / inputLayer.InChannels;
         for (int c = 0; c < inputLayer.InChannels; c++)
         {
-            var source = pixels.Slice(c * plane, plane);
-            var target = levels.Slice(c * plane, plane);
-            if (inputLayer.PixelLevels is { } table)
+            EncodeChannel(inputLayer, c, pixels.Slice(c * plane, plane), levels.Slice(c * plane, plane));
+        }
+    }
+
+    /// <summary>Writes the levels of pixels that all belong to channel <paramref name="channel"/>.</summary>
+    public static void EncodeChannel<T>(ConvLayer inputLayer, int channel, ReadOnlySpan<byte> pixels, Span<T> levels)
+        where T : System.Numerics.IBinaryInteger<T>
+    {
+        ArgumentNullException.ThrowIfNull(inputLayer);
+        if (inputLayer.PixelLevels is { } table)
+        {
+            var own = table.AsSpan(channel * 256, 256);
+            for (int i = 0; i < pixels.Length; i++)
             {
-                var own = table.AsSpan(c * 256, 256);
-                for (int i = 0; i < source.Length; i++)
-                {
-                    target[i] = own[source[i]];
-                }
+                levels[i] = T.CreateTruncating(own[pixels[i]]);
             }
-            else
-            {
-                for (int i = 0; i < source.Length; i++)
-                {
-                    target[i] = Encode(source[i]);
-                }
-            }
+            return;
+        }
+        for (int i = 0; i < pixels.Length; i++)
+        {
+            levels[i] = T.CreateTruncating(Encode(pixels[i]));
         }
     }
 }
