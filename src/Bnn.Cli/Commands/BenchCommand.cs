@@ -226,13 +226,16 @@ internal static class BenchCommand
     {
         var inv = CultureInfo.InvariantCulture;
         var sb = new StringBuilder();
-        sb.AppendLine(inv, $"{"engine",-12} {"batch",5} {"threads",7} {"images/s",10} {"ms/image",9} {"spread",8} {"vs fast",8} {"vs ORT",8} {"peak RSS",9}");
+        long modelOps = layers.Sum(l => l.TapOps);
+        sb.AppendLine(inv, $"{"engine",-12} {"batch",5} {"threads",7} {"images/s",10} {"ms/image",9} {"spread",8} {"vs fast",8} {"vs ORT",8} {"peak RSS",9} {"Gbit-ops/s",10} {"of roof",8}");
         foreach (var r in rows)
         {
             var fast = rows.FirstOrDefault(x => x.Engine == "fast" && x.Batch == r.Batch && x.Threads == r.Threads);
             var ort = rows.FirstOrDefault(x => x.Engine == "onnxruntime" && x.Batch == r.Batch && x.Threads == r.Threads);
-            sb.AppendLine(inv, $"{r.Engine,-12} {r.Batch,5} {r.Threads,7} {r.ImagesPerSecond,10:F1} {r.MsMedian,9:F3} {r.MsSpread,8:F3} {Ratio(r, fast),8} {Ratio(r, ort),8} {r.PeakRssMb,7:F0}MB");
+            var (achieved, fraction) = Achieved(r, modelOps, roofline.Peak);
+            sb.AppendLine(inv, $"{r.Engine,-12} {r.Batch,5} {r.Threads,7} {r.ImagesPerSecond,10:F1} {r.MsMedian,9:F3} {r.MsSpread,8:F3} {Ratio(r, fast),8} {Ratio(r, ort),8} {r.PeakRssMb,7:F0}MB {achieved / 1e9,10:F1} {fraction,8:P1}");
         }
+        sb.AppendLine("Gbit-ops/s: the model's tap ops per image (as dense, for every engine) times images/s; of roof: against the roofline peak below times the threads");
         if (plannedHere)
         {
             sb.AppendLine("shared: the model carries no plans, so it ran with exact-similar plans made for the benchmark");
@@ -258,6 +261,13 @@ internal static class BenchCommand
         return sb.ToString();
     }
 
+    /// <summary>A row's tap ops per second over the whole model, and that as a fraction of the one-thread peak times its threads.</summary>
+    private static (double BitOpsPerSecond, double Fraction) Achieved(Row r, long modelOps, double peak)
+    {
+        double achieved = modelOps * r.ImagesPerSecond;
+        return (achieved, achieved / (peak * r.Threads));
+    }
+
     private static string Ratio(Row r, Row? baseline) =>
         baseline is null ? "-" : (baseline.MsMedian / r.MsMedian).ToString("F2", CultureInfo.InvariantCulture) + "x";
 
@@ -279,8 +289,10 @@ internal static class BenchCommand
         w.WriteStartObject();
         w.WriteString("model", path);
         w.WriteStartArray("results");
+        long modelOps = layers.Sum(l => l.TapOps);
         foreach (var r in rows)
         {
+            var (achieved, fraction) = Achieved(r, modelOps, roofline.Peak);
             w.WriteStartObject();
             w.WriteString("engine", r.Engine);
             w.WriteNumber("batch", r.Batch);
@@ -290,6 +302,8 @@ internal static class BenchCommand
             w.WriteNumber("ms_per_image", r.MsMedian);
             w.WriteNumber("ms_spread", r.MsSpread);
             w.WriteNumber("peak_rss_mb", r.PeakRssMb);
+            w.WriteNumber("bit_ops_per_second", achieved);
+            w.WriteNumber("fraction_of_peak", fraction);
             w.WriteEndObject();
         }
         w.WriteEndArray();

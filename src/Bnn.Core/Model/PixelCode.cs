@@ -27,6 +27,9 @@ public static class PixelCode
     }
 
     /// <summary>Writes the levels of pixels that all belong to channel <paramref name="channel"/>.</summary>
+    // Fully optimized from its first call: the plane conv calls it per row, and its per-layer timings (StepTimer, bnn
+    // bench) run before tiered compilation would replace tier-0 code.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public static void EncodeChannel<T>(ConvLayer inputLayer, int channel, ReadOnlySpan<byte> pixels, Span<T> levels)
         where T : System.Numerics.IBinaryInteger<T>
     {

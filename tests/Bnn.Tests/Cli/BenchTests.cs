@@ -27,6 +27,12 @@ public sealed class BenchTests
                 Assert.True(r.TryGetProperty(field, out _), field);
             }
             Assert.True(r.GetProperty("images_per_second").GetDouble() > 0);
+            // The whole model's tap ops per second, and that against the one-thread roofline times the threads
+            long modelOps = json.RootElement.GetProperty("layers").EnumerateArray().Sum(l => l.GetProperty("tap_ops").GetInt64());
+            double achieved = r.GetProperty("bit_ops_per_second").GetDouble();
+            Assert.Equal(modelOps * r.GetProperty("images_per_second").GetDouble(), achieved, 1e-6 * achieved);
+            double peak = json.RootElement.GetProperty("roofline").GetProperty("peak_bit_ops_per_second").GetDouble();
+            Assert.Equal(achieved / (peak * r.GetProperty("threads").GetInt32()), r.GetProperty("fraction_of_peak").GetDouble(), 1e-9);
             Assert.True(r.GetProperty("ms_spread").GetDouble() >= 0);
         }
         Assert.Equal(["reference", "fast", "shared", "onnxruntime"], results.Select(r => r.GetProperty("engine").GetString()).Distinct());
