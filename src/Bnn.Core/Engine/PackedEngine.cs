@@ -93,13 +93,15 @@ public sealed class PackedEngine : IEngine
     public IReadOnlyList<ConvKernelChoice> ConvChoices { get; }
 
     /// <summary>
-    /// Compiles one layer for packed execution. With <paramref name="fastInput"/>, the input layer runs with VNNI on raw
-    /// pixels where it can (<see cref="VnniInputConvStep"/>), else as a dense plane conv (vectorized over pixels, every
+    /// Compiles one layer for packed execution. With <paramref name="fastInput"/>, the input layer runs as shared row
+    /// sums where AVX-512BW is present (<see cref="RowSumInputConvStep"/>), else with VNNI on raw pixels where it can
+    /// (<see cref="VnniInputConvStep"/>), else as a dense plane conv (vectorized over pixels, every
     /// 2-D filter computed: no sharing) where 512-bit vectors are accelerated; otherwise, and always for recalibration,
     /// which reads its position-major accumulators, as <see cref="InputConvStep"/>.
     /// </summary>
     internal static PackedStep Compile(Layer layer, Shape inShape, Shape outShape, PopCountKernel kernel, bool fastInput = false) => layer switch
     {
+        ConvLayer { IsInputLayer: true } c when fastInput && RowSumInputConvStep.Supports(c) => new RowSumInputConvStep(c, inShape, outShape),
         ConvLayer { IsInputLayer: true } c when fastInput && VnniInputConvStep.Supports(c) => new VnniInputConvStep(c, inShape, outShape),
         ConvLayer { IsInputLayer: true } c when fastInput && Vector512.IsHardwareAccelerated && PlaneConvStep.Supports(c) && Sharing.FilterCode.Supports(c)
             => PlaneConvStep.Create(c, Sharing.Planner.PlanDense(c), inShape, outShape),

@@ -1,3 +1,7 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+
 namespace Bnn.Model;
 
 /// <summary>
@@ -29,7 +33,7 @@ public static class PixelCode
     /// <summary>Writes the levels of pixels that all belong to channel <paramref name="channel"/>.</summary>
     // Fully optimized from its first call: the plane conv calls it per row, and its per-layer timings (StepTimer, bnn
     // bench) run before tiered compilation would replace tier-0 code.
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void EncodeChannel<T>(ConvLayer inputLayer, int channel, ReadOnlySpan<byte> pixels, Span<T> levels)
         where T : System.Numerics.IBinaryInteger<T>
     {
@@ -43,7 +47,20 @@ public static class PixelCode
             }
             return;
         }
-        for (int i = 0; i < pixels.Length; i++)
+        int done = 0;
+        if (typeof(T) == typeof(short) && Vector256.IsHardwareAccelerated)
+        {
+            // 16-bit levels (the plane convs'), 32 at a time: 2p − 255 wraps in 16-bit lanes to the signed level.
+            var shorts = MemoryMarshal.CreateSpan(ref Unsafe.As<T, ushort>(ref MemoryMarshal.GetReference(levels)), levels.Length);
+            var offset = Vector256.Create((ushort)MaxAbs);
+            for (; done + 32 <= pixels.Length; done += 32)
+            {
+                var (low, high) = Vector256.Widen(Vector256.Create(pixels.Slice(done, 32)));
+                ((low + low) - offset).CopyTo(shorts.Slice(done, 16));
+                ((high + high) - offset).CopyTo(shorts.Slice(done + 16, 16));
+            }
+        }
+        for (int i = done; i < pixels.Length; i++)
         {
             levels[i] = T.CreateTruncating(Encode(pixels[i]));
         }
