@@ -7,7 +7,7 @@ namespace Bnn.Benchmarks;
 
 /// <summary>
 /// One binary 3x3 conv step on random weights and activations: the packed XNOR-popcount conv the fast engine runs
-/// against the bit-sliced carry-save conv (<see cref="BitSlicedConvStep"/>) and the row-sum conv (<see cref="RowSumConvStep"/>), on the CNV's binary conv shapes
+/// against the bit-sliced carry-save conv (<see cref="BitSlicedConvStep"/>), on the CNV's binary conv shapes
 /// (channels, input size): conv1 (64, 30), conv3 (128, 12 from 64 channels) and conv4 (128, 10).
 /// </summary>
 [MemoryDiagnoser]
@@ -15,15 +15,12 @@ public class ConvBenchmarks
 {
     private PackedStep packed = null!;
     private PackedStep sliced = null!;
-    private PackedStep rowSum = null!;
     private ulong[] input = [];
     private ulong[] output = [];
     private ulong[] packedScratch = [];
     private ulong[] slicedScratch = [];
     private int[] packedAcc = [];
     private int[] slicedAcc = [];
-    private ulong[] rowSumScratch = [];
-    private int[] rowSumAcc = [];
 
     [Params("conv1", "conv3", "conv4")]
     public string Layer { get; set; } = "conv1";
@@ -43,13 +40,11 @@ public class ConvBenchmarks
         var (inShape, outShape) = (model.InputShapes[1], model.OutputShapes[1]);
         packed = new BinaryConvStep(layer, inShape, outShape, XorPopCount.Best);
         sliced = new BitSlicedConvStep(layer, inShape, outShape);
-        rowSum = new RowSumConvStep(layer, inShape, outShape);
         var rng = new Random(1);
         input = Enumerable.Range(0, inShape.Height * inShape.Width * BitConvention.Words(inChannels)).Select(_ => (ulong)rng.NextInt64()).ToArray();
         output = new ulong[packed.OutputWords];
         (packedScratch, packedAcc) = (new ulong[packed.PaddedWords], new int[Math.Max(1, packed.AccumulatorCount)]);
         (slicedScratch, slicedAcc) = (new ulong[sliced.PaddedWords], new int[sliced.AccumulatorCount]);
-        (rowSumScratch, rowSumAcc) = (new ulong[rowSum.PaddedWords], new int[rowSum.AccumulatorCount]);
     }
 
     [Benchmark(Baseline = true)]
@@ -57,7 +52,4 @@ public class ConvBenchmarks
 
     [Benchmark]
     public ulong BitSliced() => sliced.Run(input, output, slicedScratch, slicedAcc)[0];
-
-    [Benchmark]
-    public ulong RowSum() => rowSum.Run(input, output, rowSumScratch, rowSumAcc)[0];
 }

@@ -147,17 +147,6 @@ internal static class PlaneBits
         }
     }
 
-    /// <summary>
-    /// The 64 pixels of a mask as bytes that count agreement with a +1 weight: 1 where the bit is clear (+1), 0 where it
-    /// is set (−1). Needs AVX-512BW.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<byte> PlusOnes(ulong mask)
-    {
-        var bytes = Avx512BW.Shuffle(Vector512.Create(mask).AsByte(), ByteOfLane);
-        return Vector512.Equals(bytes & BitOfLane, Vector512<byte>.Zero) & Vector512<byte>.One;
-    }
-
     /// <summary>The same as <see cref="Expand(ulong, ref sbyte)"/> in 16-bit lanes.</summary>
     public static void Expand(ulong mask, ref short values)
     {
