@@ -51,7 +51,7 @@ internal static class EvalCommand
             foreach (var c in (e as PackedEngine)?.ConvChoices.Where(c => c.BitSliced) ?? [])
             {
                 io.Err.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"  layer {c.Layer}: bit-sliced conv (packed {c.PackedMicroseconds:F1} µs, bit-sliced {c.BitSlicedMicroseconds:F1} µs per image)"));
+                    $"  layer {c.Layer}: bit-sliced conv (an image took {c.PackedMicroseconds:F1} µs with it packed, {c.BitSlicedMicroseconds:F1} µs bit-sliced)"));
             }
             foreach (var c in (e as SharedEngine)?.Choices ?? [])
             {
