@@ -65,7 +65,6 @@ public sealed class PackedEngine : IEngine
         Model = model;
         Kernel = kernel;
         steps = new PackedStep[model.Layers.Count];
-        var choices = new List<ConvKernelChoice>();
         for (int i = 0; i < steps.Length; i++)
         {
             var (layer, inShape, outShape) = (model.Layers[i], model.InputShapes[i], model.OutputShapes[i]);
@@ -83,7 +82,7 @@ public sealed class PackedEngine : IEngine
     /// bit-sliced conv's 100-180 KB of planes and counters evict what the other steps keep in cache, and how much that
     /// costs depends on the machine. On the Zen 4 host its conv1 took 40.5 µs alone and 54.6-59.4 in the pipeline,
     /// against 56.1 and 57.2 packed; on the Intel host of session 19 it was 1.22x faster alone, short of the 25 % the
-    /// step-alone rule asked, and made the whole image 10 % faster (124-131 against 134-150 µs).
+    /// step-alone rule asked, and made the whole image about 9 % faster (123-131 against 134-150 µs).
     /// </summary>
     private List<ConvKernelChoice> ChooseConvKernels(IReadOnlyDictionary<int, PackedStep>? replaced)
     {
