@@ -38,9 +38,6 @@ public sealed class PackedEngine : IEngine
     /// <summary>How much faster a whole image must run with the bit-sliced conv at a layer for the fast engine to keep it (see <see cref="ChooseConvKernels"/>).</summary>
     internal const double BitSlicedImageMargin = 1.05;
 
-    private const int ChoiceWarmUps = 2;
-    private const int ChoiceRuns = 9;
-
     private readonly PackedStep[] steps;
     private readonly Lock workspaceLock = new();
     private readonly Stack<Workspace> idleWorkspaces = [];
@@ -102,13 +99,13 @@ public sealed class PackedEngine : IEngine
             steps[i] = sliced;
             var slicedWorkspace = new Workspace(steps);
             double packedTime = double.MaxValue, slicedTime = double.MaxValue;
-            for (int r = 0; r < ChoiceWarmUps + ChoiceRuns; r++)
+            for (int r = 0; r < StepTimer.WarmUps + StepTimer.Runs; r++)
             {
                 steps[i] = packed;
                 double p = ImageMicroseconds(pixels, packedWorkspace, scores);
                 steps[i] = sliced;
                 double s = ImageMicroseconds(pixels, slicedWorkspace, scores);
-                if (r >= ChoiceWarmUps)
+                if (r >= StepTimer.WarmUps)
                 {
                     (packedTime, slicedTime) = (Math.Min(packedTime, p), Math.Min(slicedTime, s));
                 }

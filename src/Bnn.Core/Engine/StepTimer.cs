@@ -13,8 +13,11 @@ namespace Bnn.Engine;
 /// </summary>
 internal static class StepTimer
 {
-    private const int WarmUps = 2;
-    private const int Runs = 9;
+    /// <summary>Untimed runs first, here and in <c>PackedEngine.ChooseConvKernels</c>.</summary>
+    internal const int WarmUps = 2;
+
+    /// <summary>Timed runs, of which the fastest counts.</summary>
+    internal const int Runs = 9;
 
     /// <summary>The fastest of <see cref="Runs"/> runs after warm-up, in microseconds.</summary>
     public static double Microseconds(PackedStep step, Shape inShape)
