@@ -81,25 +81,6 @@ public static class EngineExtensions
         ArgumentOutOfRangeException.ThrowIfLessThan(scoreLength, count * model.Classes);
     }
 
-    /// <summary>
-    /// Runs <paramref name="body"/>(first image, count, worker) over a range on up to <paramref name="threads"/> workers,
-    /// which take <paramref name="size"/> images at a time (fewer at the end).
-    /// </summary>
-    internal static void ForEachRange(int start, int count, int threads, int size, Action<int, int, int> body)
-    {
-        int end = start + count;
-        int next = start;
-        Parallel.For(0, Math.Max(1, Math.Min(threads, count)), new ParallelOptions { MaxDegreeOfParallelism = threads }, worker =>
-        {
-            int taken;
-            while ((taken = Interlocked.Add(ref next, size)) - size < end)
-            {
-                int first = taken - size;
-                body(first, Math.Min(size, end - first), worker);
-            }
-        });
-    }
-
     /// <summary>Runs <paramref name="body"/>(image index, worker) over a range on up to <paramref name="threads"/> workers.</summary>
     internal static void ForEachImage(int start, int count, int threads, Action<int, int> body)
     {

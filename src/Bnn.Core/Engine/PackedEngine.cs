@@ -23,17 +23,6 @@ public sealed record ConvKernelChoice(int Layer, bool BitSliced, double PackedMi
 }
 
 /// <summary>
-/// Whether the fast engine runs a binary conv on several images stacked into one (<see cref="StackedConv"/>) when it
-/// scores a batch, and the measured times per image that decided.
-/// </summary>
-/// <param name="Layer">Layer index.</param>
-/// <param name="Images">Images per stacked run: the engine's group size.</param>
-/// <param name="Stacked">Whether the layer runs stacked.</param>
-/// <param name="SingleMicroseconds">Measured time per image of a group scored with the layer run image by image.</param>
-/// <param name="StackedMicroseconds">Measured time per image of a group scored with the layer run stacked.</param>
-public sealed record ConvStackingChoice(int Layer, int Images, bool Stacked, double SingleMicroseconds, double StackedMicroseconds);
-
-/// <summary>
 /// The bit-packed dense engine ("fast"): activations packed along channels (see <see cref="BitConvention"/>),
 /// XNOR-popcount through <see cref="XorPopCount"/> (or, for a binary 3x3 conv where it measures faster, the
 /// bit-sliced count of <see cref="BitSlicedConvStep"/>), parallel over images (or, for one image with threads to spare,
@@ -46,21 +35,12 @@ public sealed class PackedEngine : IEngine
     /// <summary>How much faster, timed alone, the bit-sliced conv must be for the shared engine's dense candidate (see <see cref="FastestDenseConv"/>).</summary>
     internal const double BitSlicedMargin = 1.25;
 
-    /// <summary>
-    /// How much faster whole images must run with the bit-sliced conv at a layer, or with the layer stacked, for the
-    /// fast engine to keep it (see <see cref="ChooseConvKernels"/> and <see cref="ChooseStacking"/>).
-    /// </summary>
+    /// <summary>How much faster a whole image must run with the bit-sliced conv at a layer for the fast engine to keep it (see <see cref="ChooseConvKernels"/>).</summary>
     internal const double BitSlicedImageMargin = 1.05;
-
-    /// <summary>The most images a stacked conv runs at once (<see cref="StackedConv"/>).</summary>
-    internal const int MaxGroupImages = 8;
 
     private readonly PackedStep[] steps;
     private readonly Lock workspaceLock = new();
     private readonly Stack<Workspace> idleWorkspaces = [];
-    private readonly Stack<GroupWorkspace> idleGroups = [];
-    private readonly StackedConv?[] stacked;
-    private readonly int groupImages;
     private readonly bool splits;
     private ImageSplitter? splitter;
     private int splitterInUse;
@@ -76,11 +56,7 @@ public sealed class PackedEngine : IEngine
     }
 
     /// <summary>An engine whose steps are compiled here except where <paramref name="replaced"/> gives one (the shared engine's layers).</summary>
-    /// <remarks>
-    /// <paramref name="stackImages"/> &gt; 0 runs every layer that can be stacked stacked with that many images, untimed
-    /// (tests); otherwise, with <paramref name="chooseConvs"/>, the layers are stacked where it measures faster.
-    /// </remarks>
-    internal PackedEngine(BnnModel model, PopCountKernel kernel, IReadOnlyDictionary<int, PackedStep>? replaced, bool chooseConvs, int stackImages = 0)
+    internal PackedEngine(BnnModel model, PopCountKernel kernel, IReadOnlyDictionary<int, PackedStep>? replaced, bool chooseConvs)
     {
         ArgumentNullException.ThrowIfNull(model);
         Model = model;
@@ -93,93 +69,7 @@ public sealed class PackedEngine : IEngine
                 : Compile(layer, inShape, outShape, Kernel, fastInput: true);
         }
         ConvChoices = chooseConvs ? ChooseConvKernels(replaced) : [];
-        stacked = new StackedConv?[steps.Length];
-        if (stackImages > 0)
-        {
-            foreach (int i in StackingCandidates(replaced))
-            {
-                stacked[i] = NewStacked(i, stackImages);
-            }
-            StackingChoices = [];
-        }
-        else
-        {
-            StackingChoices = chooseConvs ? ChooseStacking(replaced) : [];
-        }
-        groupImages = stacked.FirstOrDefault(s => s is not null)?.Images ?? 0;
         splits = steps.Any(s => s.Splits);
-    }
-
-    /// <summary>The binary convs the bit-sliced conv supports (and the engine compiled itself).</summary>
-    private IEnumerable<int> StackingCandidates(IReadOnlyDictionary<int, PackedStep>? replaced) =>
-        Enumerable.Range(0, steps.Length).Where(i => replaced?.ContainsKey(i) != true
-            && Model.Layers[i] is ConvLayer { IsInputLayer: false } conv && BitSlicedConvStep.Supports(conv));
-
-    private StackedConv NewStacked(int i, int images) =>
-        new((ConvLayer)Model.Layers[i], Model.InputShapes[i], Model.OutputShapes[i], images);
-
-    /// <summary>
-    /// Chooses which layers run stacked in batches (<see cref="StackedConv"/>). The group size is the one up to
-    /// <see cref="MaxGroupImages"/> that leaves the candidate layers the fewest 512-position vectors per image,
-    /// weighted by their K·C pairs (the bit-sliced conv's cost per vector). Then, layer by layer, groups of that many
-    /// synthetic images are timed with the layer stacked and not, alternately, and the layer stays stacked where the
-    /// group runs <see cref="BitSlicedImageMargin"/> faster. Stacking saves the vectors a small layer leaves empty,
-    /// but its planes grow with the group, and only a measurement says which wins on a given machine.
-    /// </summary>
-    private List<ConvStackingChoice> ChooseStacking(IReadOnlyDictionary<int, PackedStep>? replaced)
-    {
-        var candidates = StackingCandidates(replaced).ToList();
-        var choices = new List<ConvStackingChoice>();
-        if (candidates.Count == 0)
-        {
-            return choices;
-        }
-        int images = Enumerable.Range(2, MaxGroupImages - 1).MinBy(g => candidates.Sum(i =>
-        {
-            var conv = (ConvLayer)Model.Layers[i];
-            return (double)conv.OutChannels * conv.InChannels * StackedConv.VectorsPerImage(conv, Model.InputShapes[i], Model.OutputShapes[i], g);
-        }));
-        var set = SyntheticImages(images);
-        var scores = new int[images * Model.Classes];
-        foreach (int i in candidates)
-        {
-            var candidate = NewStacked(i, images);
-            var singleWorkspace = new GroupWorkspace(steps, stacked, images);
-            stacked[i] = candidate;
-            var stackedWorkspace = new GroupWorkspace(steps, stacked, images);
-            double singleTime = double.MaxValue, stackedTime = double.MaxValue;
-            for (int r = 0; r < StepTimer.WarmUps + StepTimer.Runs; r++)
-            {
-                stacked[i] = null;
-                double single = GroupMicroseconds(set, singleWorkspace, scores);
-                stacked[i] = candidate;
-                double both = GroupMicroseconds(set, stackedWorkspace, scores);
-                if (r >= StepTimer.WarmUps)
-                {
-                    (singleTime, stackedTime) = (Math.Min(singleTime, single), Math.Min(stackedTime, both));
-                }
-            }
-            bool useStacked = stackedTime * BitSlicedImageMargin < singleTime;
-            stacked[i] = useStacked ? candidate : null;
-            choices.Add(new ConvStackingChoice(i, images, useStacked, singleTime / images, stackedTime / images));
-        }
-        return choices;
-    }
-
-    private double GroupMicroseconds(ImageSet set, GroupWorkspace gw, Span<int> scores)
-    {
-        long start = System.Diagnostics.Stopwatch.GetTimestamp();
-        ScoreGroup(set, 0, gw, scores);
-        return (System.Diagnostics.Stopwatch.GetTimestamp() - start) * 1e6 / System.Diagnostics.Stopwatch.Frequency;
-    }
-
-    /// <summary>Random pixels (seeded): the kernels have no data-dependent branches, so they time like real images.</summary>
-    private ImageSet SyntheticImages(int count)
-    {
-        var shape = Model.InputShapes[0];
-        var pixels = new byte[count * shape.Size];
-        new Random(1).NextBytes(pixels);
-        return new ImageSet(pixels, new byte[count], shape.Channels, shape.Height, shape.Width, Model.Classes);
     }
 
     /// <summary>
@@ -194,7 +84,8 @@ public sealed class PackedEngine : IEngine
     private List<ConvKernelChoice> ChooseConvKernels(IReadOnlyDictionary<int, PackedStep>? replaced)
     {
         var choices = new List<ConvKernelChoice>();
-        var pixels = SyntheticImages(1).Image(0);
+        var pixels = new byte[Model.InputShapes[0].Size];
+        new Random(1).NextBytes(pixels);
         var scores = new int[Model.Classes];
         for (int i = 0; i < steps.Length; i++)
         {
@@ -257,9 +148,6 @@ public sealed class PackedEngine : IEngine
     /// <summary>Per binary 3x3 conv that the bit-sliced conv supports, which dense kernel runs and the whole-image times that decided (empty for an explicit kernel).</summary>
     public IReadOnlyList<ConvKernelChoice> ConvChoices { get; }
 
-    /// <summary>Per binary conv that could run stacked in batches, whether it does and the times that decided (empty for an explicit kernel).</summary>
-    public IReadOnlyList<ConvStackingChoice> StackingChoices { get; }
-
     /// <summary>
     /// Compiles one layer for packed execution. With <paramref name="fastInput"/>, the input layer runs as shared row
     /// sums where AVX-512BW is present (<see cref="RowSumInputConvStep"/>), else with VNNI on raw pixels where it can
@@ -296,19 +184,6 @@ public sealed class PackedEngine : IEngine
         EngineExtensions.CheckInput(Model, images, start, count, scores.Length);
         int classes = Model.Classes;
         int workers = Math.Max(1, Math.Min(threads, count));
-        if (workers == 1 && groupImages > 0 && count >= groupImages)
-        {
-            var group = RentGroup();
-            try
-            {
-                ScoreRange(images, start, count, group, scores);
-            }
-            finally
-            {
-                ReturnGroup(group);
-            }
-            return;
-        }
         if (workers == 1)
         {
             // The single-threaded path allocates nothing: the steady state is 0 bytes per image (see bench/). One image
@@ -340,29 +215,6 @@ public sealed class PackedEngine : IEngine
     private int[] ScoreParallel(ImageSet images, int start, int count, int workers)
     {
         int classes = Model.Classes;
-        // A span cannot be captured by the worker lambda; one array per call (not per image) is the price.
-        var shared = new int[count * classes];
-        if (groupImages > 0)
-        {
-            var groups = new GroupWorkspace[workers];
-            for (int w = 0; w < workers; w++)
-            {
-                groups[w] = RentGroup();
-            }
-            try
-            {
-                EngineExtensions.ForEachRange(start, count, workers, groupImages, (first, n, w) =>
-                    ScoreRange(images, first, n, groups[w], shared.AsSpan((first - start) * classes, n * classes)));
-                return shared;
-            }
-            finally
-            {
-                foreach (var g in groups)
-                {
-                    ReturnGroup(g);
-                }
-            }
-        }
         var ws = new Workspace[workers];
         for (int w = 0; w < workers; w++)
         {
@@ -370,6 +222,8 @@ public sealed class PackedEngine : IEngine
         }
         try
         {
+            // A span cannot be captured by the worker lambda; one array per call (not per image) is the price.
+            var shared = new int[count * classes];
             EngineExtensions.ForEachImage(start, count, workers, (i, w) =>
                 ScoreImage(images.Image(i), ws[w], shared.AsSpan((i - start) * classes, classes)));
             return shared;
@@ -392,22 +246,8 @@ public sealed class PackedEngine : IEngine
         ArgumentNullException.ThrowIfNull(images);
         EngineExtensions.CheckInput(Model, images, 0, count, count * Model.Classes);
         var ticks = new long[steps.Length];
-        if (groupImages > 0 && count >= groupImages)
-        {
-            // In groups, as a batch runs, so that the stacked layers are timed as they run.
-            var group = RentGroup();
-            try
-            {
-                ScoreRange(images, 0, count, group, new int[count * Model.Classes], ticks);
-            }
-            finally
-            {
-                ReturnGroup(group);
-            }
-            return ticks.Select(t => (double)t / System.Diagnostics.Stopwatch.Frequency).ToArray();
-        }
-        var scores = new int[Model.Classes];
         var ws = RentWorkspace();
+        var scores = new int[Model.Classes];
         try
         {
             for (int i = 0; i < count; i++)
@@ -431,6 +271,7 @@ public sealed class PackedEngine : IEngine
         split?.Begin();
         try
         {
+            ReadOnlySpan<ulong> bits = default;
             for (int i = 0; i < steps.Length; i++)
             {
                 long start = ticks is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
@@ -440,10 +281,16 @@ public sealed class PackedEngine : IEngine
                     // Every step returns its output buffer, so the previous step's output is its buffer.
                     var source = step.PrepareParts(pixels, i == 0 ? [] : ws.Buffers[i - 1], ws.Padded[i]);
                     split.Run(step, source, ws.Buffers[i], ws.Accumulators);
+                    bits = ws.Buffers[i];
                 }
                 else
                 {
-                    RunStep(i, pixels, ws, scores);
+                    bits = step switch
+                    {
+                        { TakesPixels: true } s => s.RunPixels(pixels, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
+                        DenseStep { IsOutput: true } s => s.RunScores(bits, scores),
+                        var s => s.Run(bits, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
+                    };
                 }
                 if (ticks is not null)
                 {
@@ -454,62 +301,6 @@ public sealed class PackedEngine : IEngine
         finally
         {
             split?.End();
-        }
-    }
-
-    /// <summary>Step <paramref name="i"/> of one image; every step writes its output buffer, which the next one reads.</summary>
-    private void RunStep(int i, ReadOnlySpan<byte> pixels, Workspace ws, Span<int> scores)
-    {
-        var input = i == 0 ? [] : ws.Buffers[i - 1];
-        _ = steps[i] switch
-        {
-            { TakesPixels: true } s => s.RunPixels(pixels, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
-            DenseStep { IsOutput: true } s => s.RunScores(input, scores),
-            var s => s.Run(input, ws.Buffers[i], ws.Padded[i], ws.Accumulators),
-        };
-    }
-
-    /// <summary>
-    /// Scores <paramref name="count"/> images from <paramref name="first"/>: full groups through <see cref="ScoreGroup"/>,
-    /// the rest one by one.
-    /// </summary>
-    private void ScoreRange(ImageSet images, int first, int count, GroupWorkspace gw, Span<int> scores, long[]? ticks = null)
-    {
-        int classes = Model.Classes, size = gw.Members.Length, i = 0;
-        for (; i + size <= count; i += size)
-        {
-            ScoreGroup(images, first + i, gw, scores.Slice(i * classes, size * classes), ticks);
-        }
-        for (; i < count; i++)
-        {
-            ScoreImage(images.Image(first + i), gw.Members[0], scores.Slice(i * classes, classes), ticks);
-        }
-    }
-
-    /// <summary>
-    /// One group of images, layer by layer: a stacked layer runs once for all of them, every other layer image by image.
-    /// </summary>
-    private void ScoreGroup(ImageSet images, int first, GroupWorkspace gw, Span<int> scores, long[]? ticks = null)
-    {
-        int classes = Model.Classes, size = gw.Members.Length;
-        for (int i = 0; i < steps.Length; i++)
-        {
-            long start = ticks is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
-            if (stacked[i] is { } tall)
-            {
-                tall.Run(gw.Members, i, gw.Inputs[i], gw.Outputs[i], gw.Padded[i], gw.Accumulators);
-            }
-            else
-            {
-                for (int g = 0; g < size; g++)
-                {
-                    RunStep(i, images.Image(first + g), gw.Members[g], scores.Slice(g * classes, classes));
-                }
-            }
-            if (ticks is not null)
-            {
-                ticks[i] += System.Diagnostics.Stopwatch.GetTimestamp() - start;
-            }
         }
     }
 
@@ -535,22 +326,6 @@ public sealed class PackedEngine : IEngine
         }
     }
 
-    private GroupWorkspace RentGroup()
-    {
-        lock (workspaceLock)
-        {
-            return idleGroups.TryPop(out var gw) ? gw : new GroupWorkspace(steps, stacked, groupImages);
-        }
-    }
-
-    private void ReturnGroup(GroupWorkspace gw)
-    {
-        lock (workspaceLock)
-        {
-            idleGroups.Push(gw);
-        }
-    }
-
     /// <summary>Per-worker buffers: each step's output and (for padded convs) its padded input.</summary>
     internal sealed class Workspace
     {
@@ -567,31 +342,6 @@ public sealed class PackedEngine : IEngine
         public ulong[][] Buffers { get; }
 
         public ulong[][] Padded { get; }
-    }
-
-    /// <summary>Per-worker buffers for groups: one workspace per image, and each stacked layer's tall buffers.</summary>
-    internal sealed class GroupWorkspace
-    {
-        public GroupWorkspace(PackedStep[] steps, StackedConv?[] stacked, int images)
-        {
-            Members = Enumerable.Range(0, images).Select(_ => new Workspace(steps)).ToArray();
-            Inputs = stacked.Select(s => s?.NewInput() ?? []).ToArray();
-            Outputs = stacked.Select(s => s is null ? [] : new ulong[s.OutputWords]).ToArray();
-            Padded = stacked.Select(s => s is null ? [] : new ulong[s.PaddedWords]).ToArray();
-            Accumulators = new int[stacked.Max(s => s?.AccumulatorCount ?? 0)];
-        }
-
-        public Workspace[] Members { get; }
-
-        /// <summary>Per layer, the stacked conv's tall input (empty where the layer does not run stacked).</summary>
-        public ulong[][] Inputs { get; }
-
-        public ulong[][] Outputs { get; }
-
-        public ulong[][] Padded { get; }
-
-        /// <summary>Scratch for the stacked convs' counters, reused by every one.</summary>
-        public int[] Accumulators { get; }
     }
 }
 

@@ -8,7 +8,6 @@ public sealed class AllocationTests
     [Theory]
     [InlineData("fast")]
     [InlineData("fast-bitsliced")] // every binary conv bit-sliced (where the machine has AVX-512F): its scratch too
-    [InlineData("fast-stacked")] // pairs of images stacked at every bit-sliced layer: the group buffers too
     [InlineData("shared")] // every supported layer on the plane conv: its scratch lives in the workspace too
     public void Engine_SingleThreadSteadyState_AllocatesNothingPerImage(string name)
     {

@@ -87,69 +87,6 @@ public sealed class BitSlicedConvTests
         }
     }
 
-    [Theory]
-    [InlineData(64, 10, 0, 1)]   // the CNV's conv4 shape, smaller: valid, no rows between images
-    [InlineData(33, 7, 1, -1)]   // ±1 padding: one pad row between images, set to −1
-    [InlineData(65, 8, 1, 1)]
-    [InlineData(5, 9, 2, -1)]    // wide padding: two rows between images
-    [InlineData(1, 3, 0, 1)]     // one output position per image
-    public void Stacked_WritesEachImagesOwnConv(int channels, int size, int padding, int padValue)
-    {
-        var model = RandomModels.Create([new ConvSpec(channels, 3, 1, 0), new ConvSpec(67, 3, 1, padding), new OutputSpec(2)],
-            new Shape(1, size + 2, size + 2), seed: channels + size, padValue);
-        var layer = (ConvLayer)model.Layers[1];
-        if (!BitSlicedConvStep.Supports(layer))
-        {
-            return;
-        }
-        var (inShape, outShape) = (model.InputShapes[1], model.OutputShapes[1]);
-        var packed = new BinaryConvStep(layer, inShape, outShape, PopCountKernel.Scalar);
-        // The workspaces' buffer 0 holds a layer-1 input (the input layer's output), buffer 1 its output.
-        var steps = new PackedStep[] { PackedEngine.Compile(model.Layers[0], model.InputShapes[0], inShape, PopCountKernel.Scalar), packed };
-        foreach (int images in new[] { 1, 2, 3, 5 })
-        {
-            // Given a group of images, each one's input in its own workspace as the previous layer's output
-            var members = Enumerable.Range(0, images).Select(_ => new PackedEngine.Workspace(steps)).ToArray();
-            var expected = new List<ulong[]>();
-            for (int g = 0; g < images; g++)
-            {
-                RandomBits(inShape, seed: (images * 10) + g).CopyTo(members[g].Buffers[0], 0);
-                expected.Add(packed.Run(members[g].Buffers[0], new ulong[packed.OutputWords], new ulong[packed.PaddedWords], new int[packed.AccumulatorCount]).ToArray());
-                members[g].Buffers[1].AsSpan().Fill(0xDEAD_BEEF_DEAD_BEEFUL);
-            }
-
-            // When the stacked conv runs them twice on the same buffers (a first group's bits must not leak)
-            var stacked = new StackedConv(layer, inShape, outShape, images);
-            var (input, output, padded, acc) = (stacked.NewInput(), new ulong[stacked.OutputWords], new ulong[stacked.PaddedWords], new int[stacked.AccumulatorCount]);
-            stacked.Run(members, 1, input, output, padded, acc);
-            for (int g = 0; g < images; g++)
-            {
-                RandomBits(inShape, seed: (images * 10) + g + 5).CopyTo(members[g].Buffers[0], 0);
-                expected[g] = packed.Run(members[g].Buffers[0], new ulong[packed.OutputWords], new ulong[packed.PaddedWords], new int[packed.AccumulatorCount]).ToArray();
-            }
-            stacked.Run(members, 1, input, output, padded, acc);
-
-            // Then each image's output is its own conv's, bit for bit
-            for (int g = 0; g < images; g++)
-            {
-                Assert.Equal(expected[g], members[g].Buffers[1]);
-            }
-        }
-    }
-
-    [Fact]
-    public void StackedVectors_CountTheTallImagesFlatPositions()
-    {
-        // The CNV's conv4: 12x12 in, 10x10 out, valid. One image: 10 rows x 12 = 120 flat positions, one vector.
-        var model = RandomModels.Create([new ConvSpec(128, 3, 1, 0), new ConvSpec(128, 3, 1, 0), new OutputSpec(2)], new Shape(3, 14, 14), seed: 1);
-        var (conv4, inShape, outShape) = ((ConvLayer)model.Layers[1], model.InputShapes[1], model.OutputShapes[1]);
-        Assert.Equal((new Shape(128, 12, 12), new Shape(128, 10, 10)), (inShape, outShape));
-        Assert.Equal(1.0, StackedConv.VectorsPerImage(conv4, inShape, outShape, 1));
-        // Seven images: 82 tall rows x 12 = 984 positions, two vectors.
-        Assert.Equal(new Shape(128, 84, 12), StackedConv.TallShapes(conv4, inShape, outShape, 7).In);
-        Assert.Equal(2.0 / 7, StackedConv.VectorsPerImage(conv4, inShape, outShape, 7));
-    }
-
     [Fact]
     public void FastEngine_TimesBothConvKernels_OnlyWhenItChoosesTheKernel()
     {
@@ -164,14 +101,8 @@ public sealed class BitSlicedConvTests
         // The bit-sliced conv runs exactly where a whole image ran enough faster with it
         Assert.All(auto.ConvChoices, c => Assert.Equal(c.BitSlicedMicroseconds * PackedEngine.BitSlicedImageMargin < c.PackedMicroseconds, c.BitSliced));
 
-        // Stacking was timed at the same layer, and a layer runs stacked exactly where a group ran enough faster
-        Assert.Equal(timed, auto.StackingChoices.Select(c => c.Layer).ToArray());
-        Assert.All(auto.StackingChoices, c => Assert.InRange(c.Images, 2, PackedEngine.MaxGroupImages));
-        Assert.All(auto.StackingChoices, c => Assert.Equal(c.StackedMicroseconds * PackedEngine.BitSlicedImageMargin < c.SingleMicroseconds, c.Stacked));
-
         // An explicit popcount kernel runs every conv packed with it: nothing is timed
         Assert.Empty(new PackedEngine(model, PopCountKernel.Scalar).ConvChoices);
-        Assert.Empty(new PackedEngine(model, PopCountKernel.Scalar).StackingChoices);
     }
 
     /// <summary>Random activations in the packed layout, padding bits 0.</summary>

@@ -10,7 +10,7 @@ public sealed class EngineEquivalenceTests
 {
     /// <summary>The engines under test, by name, built for a model.</summary>
     internal static IEnumerable<string> Names() => ["reference", .. XorPopCount.Supported.Select(k => "fast-" + k),
-        .. System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? ["fast-bitsliced", "fast-stacked"] : Array.Empty<string>(), "shared-exact", "shared-exact-similar"];
+        .. System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? ["fast-bitsliced"] : Array.Empty<string>(), "shared-exact", "shared-exact-similar"];
 
     public static TheoryData<string> EngineNames() => new(Names());
 
@@ -20,8 +20,6 @@ public sealed class EngineEquivalenceTests
         // Every binary conv the bit-sliced conv supports runs bit-sliced, whatever would be faster here.
         "fast-bitsliced" => new PackedEngine(model, XorPopCount.Best, model.ConvLayers.Where(c => BitSlicedConvStep.Supports(c.Layer))
             .ToDictionary(c => c.Index, c => (PackedStep)new BitSlicedConvStep(c.Layer, model.InputShapes[c.Index], model.OutputShapes[c.Index])), chooseConvs: false),
-        // Pairs of images stacked wherever the bit-sliced conv runs; odd image counts leave one to run alone.
-        "fast-stacked" => new PackedEngine(model, XorPopCount.Best, null, chooseConvs: false, stackImages: 2),
         _ when name.StartsWith("fast-", StringComparison.Ordinal) => new PackedEngine(model, Enum.Parse<PopCountKernel>(name[5..])),
         // Every layer the plane conv supports runs shared, whatever would be faster here.
         "shared-exact" => new SharedEngine(model, selection: LayerSelection.Shared),
