@@ -255,7 +255,7 @@ internal static class BenchCommand
         if (convChoices is { Count: > 0 })
         {
             // Every timed choice, kept or not: the alternative's time is the measurement behind the kernel choice.
-            sb.AppendLine(inv, $"fast engine's conv kernels (µs per whole image with each at that layer; bit-sliced must make it {PackedEngine.BitSlicedImageMargin - 1:P0} faster): {string.Join(", ", convChoices.Select(c =>
+            sb.AppendLine(inv, $"fast engine's conv kernels (µs per whole image with each at that layer; bit-sliced must make it {PackedEngine.ImageMargin - 1:P0} faster): {string.Join(", ", convChoices.Select(c =>
                 $"layer {c.Layer} {(c.BitSliced ? "bit-sliced" : "packed")} (packed {c.PackedMicroseconds:F1}, bit-sliced {c.BitSlicedMicroseconds:F1})"))}");
         }
         return sb.ToString();

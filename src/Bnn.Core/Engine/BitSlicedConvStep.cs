@@ -52,7 +52,7 @@ internal sealed class BitSlicedConvStep : PackedStep
     private const int HighPlane = 10;      // + 8·row + row weight pattern (0..7)
     private const int PicksPerPair = 5;    // s, c, hi_0, hi_1, hi_2
     // One block's channel planes are read by every output, whose counter is saved and reloaded between blocks. On the
-    // Zen 4 host 40 KB (16 channels) beat 24, 72 and 150 KB on the CNV's conv1 (StepTimer: 83 against 86-96 µs).
+    // Zen 4 host 40 KB (16 channels) beat 24, 72 and 150 KB on the CNV's conv1 (timed alone: 83 against 86-96 µs).
     private const int BlockBudgetBytes = 40 * 1024;
 
     private readonly ConvLayer layer;

@@ -8,9 +8,8 @@ using Bnn.Model;
 namespace Bnn.Engine;
 
 /// <summary>
-/// Which dense kernel an engine runs for one binary conv layer, and the measured times that decided it: in the fast
-/// engine, of one whole image with that layer's kernel swapped (<see cref="PackedEngine.ConvChoices"/>); in the shared
-/// engine's dense candidates, of the layer's step alone.
+/// Which dense kernel an engine runs for one binary conv layer, and the measured times that decided it: of one whole
+/// image with that layer's kernel swapped (<see cref="PackedEngine.ConvChoices"/>).
 /// </summary>
 /// <param name="Layer">Layer index.</param>
 /// <param name="BitSliced">Whether the bit-sliced conv runs (else the packed XNOR-popcount conv).</param>
@@ -32,11 +31,14 @@ public sealed record ConvKernelChoice(int Layer, bool BitSliced, double PackedMi
 /// </summary>
 public sealed class PackedEngine : IEngine
 {
-    /// <summary>How much faster, timed alone, the bit-sliced conv must be for the shared engine's dense candidate (see <see cref="FastestDenseConv"/>).</summary>
-    internal const double BitSlicedMargin = 1.25;
+    /// <summary>
+    /// How much faster whole images must run with an alternative kernel at a layer (the bit-sliced conv, or the shared
+    /// engine's plane conv) for the engine to keep it instead of the one it compiled (see <see cref="ChooseSteps"/>).
+    /// </summary>
+    internal const double ImageMargin = 1.05;
 
-    /// <summary>How much faster a whole image must run with the bit-sliced conv at a layer for the fast engine to keep it (see <see cref="ChooseConvKernels"/>).</summary>
-    internal const double BitSlicedImageMargin = 1.05;
+    /// <summary>Untimed runs of each choice in <see cref="ChooseSteps"/>, then timed runs, of which the fastest counts.</summary>
+    private const int WarmUps = 2, TimedRuns = 9;
 
     private readonly PackedStep[] steps;
     private readonly Lock workspaceLock = new();
@@ -55,8 +57,14 @@ public sealed class PackedEngine : IEngine
     {
     }
 
-    /// <summary>An engine whose steps are compiled here except where <paramref name="replaced"/> gives one (the shared engine's layers).</summary>
-    internal PackedEngine(BnnModel model, PopCountKernel kernel, IReadOnlyDictionary<int, PackedStep>? replaced, bool chooseConvs)
+    /// <summary>
+    /// An engine whose steps are compiled here except where <paramref name="replaced"/> gives one. With
+    /// <paramref name="chooseConvs"/>, binary 3x3 convs get the faster of the packed and the bit-sliced conv; then each
+    /// step in <paramref name="alternatives"/> (the shared engine's plane convs) replaces its layer's step where whole
+    /// images run faster with it (<see cref="AlternativeChoices"/>).
+    /// </summary>
+    internal PackedEngine(BnnModel model, PopCountKernel kernel, IReadOnlyDictionary<int, PackedStep>? replaced, bool chooseConvs,
+        IReadOnlyDictionary<int, PackedStep>? alternatives = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         Model = model;
@@ -68,51 +76,66 @@ public sealed class PackedEngine : IEngine
             steps[i] = replaced is not null && replaced.TryGetValue(i, out var step) ? step
                 : Compile(layer, inShape, outShape, Kernel, fastInput: true);
         }
-        ConvChoices = chooseConvs ? ChooseConvKernels(replaced) : [];
+        var candidates = chooseConvs ? BitSlicedCandidates(replaced) : [];
+        ConvChoices = [.. ChooseSteps(candidates).Select(c => new ConvKernelChoice(c.Layer, c.Kept, c.CompiledMicroseconds, c.AlternativeMicroseconds))];
+        AlternativeChoices = alternatives is null ? [] : ChooseSteps(alternatives.OrderBy(a => a.Key).ToList());
         splits = steps.Any(s => s.Splits);
     }
 
-    /// <summary>
-    /// Where the bit-sliced conv supports a compiled binary conv, times whole images (synthetic pixels; the kernels
-    /// have no data-dependent branches) with that layer packed and bit-sliced, alternately, and keeps the bit-sliced
-    /// conv where the image runs <see cref="BitSlicedImageMargin"/> faster. Whole images, not the step alone: the
-    /// bit-sliced conv's 100-180 KB of planes and counters evict what the other steps keep in cache, and how much that
-    /// costs depends on the machine. On the Zen 4 host its conv1 took 40.5 µs alone and 54.6-59.4 in the pipeline,
-    /// against 56.1 and 57.2 packed; on the Intel host of session 19 it was 1.22x faster alone, short of the 25 % the
-    /// step-alone rule asked, and made the whole image about 9 % faster (123-131 against 134-150 µs).
-    /// </summary>
-    private List<ConvKernelChoice> ChooseConvKernels(IReadOnlyDictionary<int, PackedStep>? replaced)
+    /// <summary>The bit-sliced conv for every binary conv it supports that this engine compiled.</summary>
+    private List<KeyValuePair<int, PackedStep>> BitSlicedCandidates(IReadOnlyDictionary<int, PackedStep>? replaced)
     {
-        var choices = new List<ConvKernelChoice>();
+        var candidates = new List<KeyValuePair<int, PackedStep>>();
+        for (int i = 0; i < steps.Length; i++)
+        {
+            if (replaced?.ContainsKey(i) != true && Model.Layers[i] is ConvLayer { IsInputLayer: false } conv && BitSlicedConvStep.Supports(conv))
+            {
+                candidates.Add(KeyValuePair.Create(i, (PackedStep)new BitSlicedConvStep(conv, Model.InputShapes[i], Model.OutputShapes[i])));
+            }
+        }
+        return candidates;
+    }
+
+    /// <summary>
+    /// Layer by layer, times whole images (synthetic pixels; the kernels have no data-dependent branches) with the
+    /// compiled step and with the alternative, alternately, and keeps the alternative where the image runs
+    /// <see cref="ImageMargin"/> faster. Whole images, not the step alone: the bit-sliced conv's 100-180 KB of planes
+    /// and counters evict what the other steps keep in cache, and how much that costs depends on the machine. On the
+    /// Zen 4 host its conv1 took 40.5 µs alone and 54.6-59.4 in the pipeline, against 56.1 and 57.2 packed; on the
+    /// Intel host of session 19 it was 1.22x faster alone and made the whole image about 9 % faster (123-131 against
+    /// 134-150 µs).
+    /// <para>A few runs suffice only because every method a step calls per row or per group of positions is compiled
+    /// fully optimized from its first call (<c>AggressiveOptimization</c>) or inlined into one that is: a plain helper
+    /// runs as tier-0 code until tiered compilation replaces it, later than these runs. One such helper (the plane
+    /// conv's widening add) once made the shared steps time 3-4x slower than they run.</para>
+    /// </summary>
+    private List<StepChoice> ChooseSteps(List<KeyValuePair<int, PackedStep>> alternatives)
+    {
+        var choices = new List<StepChoice>();
         var pixels = new byte[Model.InputShapes[0].Size];
         new Random(1).NextBytes(pixels);
         var scores = new int[Model.Classes];
-        for (int i = 0; i < steps.Length; i++)
+        foreach (var (i, alternative) in alternatives)
         {
-            if (replaced?.ContainsKey(i) == true || Model.Layers[i] is not ConvLayer { IsInputLayer: false } conv || !BitSlicedConvStep.Supports(conv))
+            var compiled = steps[i];
+            var compiledWorkspace = new Workspace(steps);
+            steps[i] = alternative;
+            var alternativeWorkspace = new Workspace(steps);
+            double compiledTime = double.MaxValue, alternativeTime = double.MaxValue;
+            for (int r = 0; r < WarmUps + TimedRuns; r++)
             {
-                continue;
-            }
-            var packed = steps[i];
-            var sliced = new BitSlicedConvStep(conv, Model.InputShapes[i], Model.OutputShapes[i]);
-            var packedWorkspace = new Workspace(steps);
-            steps[i] = sliced;
-            var slicedWorkspace = new Workspace(steps);
-            double packedTime = double.MaxValue, slicedTime = double.MaxValue;
-            for (int r = 0; r < StepTimer.WarmUps + StepTimer.Runs; r++)
-            {
-                steps[i] = packed;
-                double p = ImageMicroseconds(pixels, packedWorkspace, scores);
-                steps[i] = sliced;
-                double s = ImageMicroseconds(pixels, slicedWorkspace, scores);
-                if (r >= StepTimer.WarmUps)
+                steps[i] = compiled;
+                double c = ImageMicroseconds(pixels, compiledWorkspace, scores);
+                steps[i] = alternative;
+                double a = ImageMicroseconds(pixels, alternativeWorkspace, scores);
+                if (r >= WarmUps)
                 {
-                    (packedTime, slicedTime) = (Math.Min(packedTime, p), Math.Min(slicedTime, s));
+                    (compiledTime, alternativeTime) = (Math.Min(compiledTime, c), Math.Min(alternativeTime, a));
                 }
             }
-            bool useSliced = slicedTime * BitSlicedImageMargin < packedTime;
-            steps[i] = useSliced ? sliced : packed;
-            choices.Add(new ConvKernelChoice(i, useSliced, packedTime, slicedTime));
+            bool keep = alternativeTime * ImageMargin < compiledTime;
+            steps[i] = keep ? alternative : compiled;
+            choices.Add(new StepChoice(i, keep, compiledTime, alternativeTime, compiled is BitSlicedConvStep));
         }
         return choices;
     }
@@ -124,29 +147,18 @@ public sealed class PackedEngine : IEngine
         return (System.Diagnostics.Stopwatch.GetTimestamp() - start) * 1e6 / System.Diagnostics.Stopwatch.Frequency;
     }
 
-    /// <summary>
-    /// The shared engine's dense candidate for one layer: the faster of the packed conv (<see cref="XorPopCount.Best"/>)
-    /// and the bit-sliced conv where that supports the layer, each step timed alone on this machine (the outputs are
-    /// identical); the choice is added to <paramref name="choices"/>. Timed alone, the bit-sliced conv must win by
-    /// <see cref="BitSlicedMargin"/>, for the cache effects that <see cref="ChooseConvKernels"/> measures instead.
-    /// </summary>
-    internal static PackedStep FastestDenseConv(int index, ConvLayer conv, Shape inShape, Shape outShape, List<ConvKernelChoice> choices)
-    {
-        var packed = new BinaryConvStep(conv, inShape, outShape, XorPopCount.Best);
-        if (!BitSlicedConvStep.Supports(conv))
-        {
-            return packed;
-        }
-        var sliced = new BitSlicedConvStep(conv, inShape, outShape);
-        double packedTime = StepTimer.Microseconds(packed, inShape);
-        double slicedTime = StepTimer.Microseconds(sliced, inShape);
-        bool useSliced = slicedTime * BitSlicedMargin < packedTime;
-        choices.Add(new ConvKernelChoice(index, useSliced, packedTime, slicedTime));
-        return useSliced ? sliced : packed;
-    }
-
     /// <summary>Per binary 3x3 conv that the bit-sliced conv supports, which dense kernel runs and the whole-image times that decided (empty for an explicit kernel).</summary>
     public IReadOnlyList<ConvKernelChoice> ConvChoices { get; }
+
+    /// <summary>Per layer given an alternative step, whether it runs and the whole-image times that decided.</summary>
+    internal IReadOnlyList<StepChoice> AlternativeChoices { get; }
+
+    /// <summary>
+    /// One timed choice: whether layer <paramref name="Layer"/> runs the <paramref name="Kept"/> alternative, the
+    /// microseconds per whole image with the compiled step and with the alternative, and whether the compiled step was
+    /// itself the bit-sliced conv.
+    /// </summary>
+    internal readonly record struct StepChoice(int Layer, bool Kept, double CompiledMicroseconds, double AlternativeMicroseconds, bool CompiledBitSliced);
 
     /// <summary>
     /// Compiles one layer for packed execution. With <paramref name="fastInput"/>, the input layer runs as shared row

@@ -34,7 +34,10 @@ public sealed class OpCounts
 /// <summary>How <see cref="SharedEngine"/> picks, per conv layer, between its shared plane conv and the dense kernel.</summary>
 public enum LayerSelection
 {
-    /// <summary>Time both on this machine when the engine is built and keep the faster (outputs are identical either way).</summary>
+    /// <summary>
+    /// Time whole images with each on this machine when the engine is built, and keep the plane conv where it makes
+    /// them 5 % faster than the fast engine's dense kernel (outputs are identical either way).
+    /// </summary>
     Auto,
 
     /// <summary>Every layer the plane conv supports runs shared (tests, and measuring the shared kernel itself).</summary>
@@ -44,8 +47,8 @@ public enum LayerSelection
 /// <summary>What the shared engine runs for one conv layer, and why.</summary>
 /// <param name="Layer">Layer index.</param>
 /// <param name="Shared">Whether the layer runs through its plan (else the dense packed kernel).</param>
-/// <param name="DenseMicroseconds">Measured time of the dense kernel per image (NaN if not measured).</param>
-/// <param name="SharedMicroseconds">Measured time of the shared plane conv per image (NaN if not measured).</param>
+/// <param name="DenseMicroseconds">Measured time of a whole image with the dense kernel at this layer (NaN if not measured).</param>
+/// <param name="SharedMicroseconds">Measured time of a whole image with the shared plane conv at this layer (NaN if not measured).</param>
 /// <param name="Reason">Why.</param>
 public sealed record LayerChoice(int Layer, bool Shared, double DenseMicroseconds, double SharedMicroseconds, string Reason);
 
@@ -80,9 +83,7 @@ public sealed class SharedEngine : IEngine
         Counts = new OpCounts(model.Layers.Count);
         if (!instrumented)
         {
-            var (steps, choices) = ChooseSteps(selection);
-            Choices = choices;
-            pipeline = new PackedEngine(model, XorPopCount.Best, steps, chooseConvs: true);
+            (pipeline, Choices) = BuildPipeline(selection);
         }
     }
 
@@ -104,43 +105,50 @@ public sealed class SharedEngine : IEngine
     /// <summary>Per conv layer, whether it runs shared or dense and why (empty when instrumented).</summary>
     public IReadOnlyList<LayerChoice> Choices { get; } = [];
 
-    private (Dictionary<int, PackedStep> Steps, List<LayerChoice> Choices) ChooseSteps(LayerSelection selection)
+    /// <summary>
+    /// The packed pipeline with each supported layer's plane conv: forced in, or (<see cref="LayerSelection.Auto"/>)
+    /// kept where whole images run faster with it than with the fast engine's dense kernel for the layer, timed the
+    /// same way the fast engine chooses its kernels.
+    /// </summary>
+    private (PackedEngine Pipeline, List<LayerChoice> Choices) BuildPipeline(LayerSelection selection)
     {
-        var steps = new Dictionary<int, PackedStep>();
-        var choices = new List<LayerChoice>();
+        var planeConvs = new Dictionary<int, PackedStep>();
+        var unsupported = new Dictionary<int, string>();
         foreach (var (i, conv) in Model.ConvLayers)
         {
-            var inShape = Model.InputShapes[i];
-            var outShape = Model.OutputShapes[i];
-            string? unsupported = plans[i] is null ? "dense: no plan (kernel too large to plan)"
+            string? reason = plans[i] is null ? "dense: no plan (kernel too large to plan)"
                 : conv.Stride != 1 ? "dense: stride ≠ 1 (the plane conv needs stride 1)"
                 : !PlaneConvStep.Supports(conv) ? "dense: sums exceed the plane conv's lanes"
                 : null;
-            if (unsupported is not null)
+            if (reason is null)
             {
-                choices.Add(new LayerChoice(i, false, double.NaN, double.NaN, unsupported));
-                continue;
+                planeConvs[i] = PlaneConvStep.Create(conv, plans[i]!, Model.InputShapes[i], Model.OutputShapes[i]);
             }
-            var plan = plans[i]!;
-            var shared = PlaneConvStep.Create(conv, plan, inShape, outShape);
-            if (selection == LayerSelection.Shared)
+            else
             {
-                steps[i] = shared;
-                choices.Add(new LayerChoice(i, true, double.NaN, double.NaN, "shared: forced"));
-                continue;
+                unsupported[i] = reason;
             }
-            var timed = new List<ConvKernelChoice>();
-            var dense = conv.IsInputLayer ? PackedEngine.Compile(conv, inShape, outShape, XorPopCount.Best, fastInput: true)
-                : PackedEngine.FastestDenseConv(i, conv, inShape, outShape, timed);
-            // A dense conv that was just timed against the bit-sliced one keeps that time; others are timed here.
-            double denseTime = timed is [var choice] ? choice.ChosenMicroseconds : StepTimer.Microseconds(dense, inShape);
-            double sharedTime = StepTimer.Microseconds(shared, inShape);
-            bool useShared = sharedTime < denseTime;
-            steps[i] = useShared ? shared : dense; // the timed step itself, not a second compilation of it
-            string denseKind = timed is [{ BitSliced: true }] ? "dense (bit-sliced)" : "dense";
-            choices.Add(new LayerChoice(i, useShared, denseTime, sharedTime, useShared ? $"shared: measured faster than {denseKind}" : $"{denseKind}: measured faster"));
         }
-        return (steps, choices);
+        bool forced = selection == LayerSelection.Shared;
+        var pipeline = forced ? new PackedEngine(Model, XorPopCount.Best, planeConvs, chooseConvs: true)
+            : new PackedEngine(Model, XorPopCount.Best, null, chooseConvs: true, alternatives: planeConvs);
+        var timed = pipeline.AlternativeChoices.ToDictionary(c => c.Layer);
+        var choices = Model.ConvLayers.Select(p =>
+        {
+            if (unsupported.TryGetValue(p.Index, out var reason))
+            {
+                return new LayerChoice(p.Index, false, double.NaN, double.NaN, reason);
+            }
+            if (forced)
+            {
+                return new LayerChoice(p.Index, true, double.NaN, double.NaN, "shared: forced");
+            }
+            var c = timed[p.Index];
+            string dense = c.CompiledBitSliced ? "dense (bit-sliced)" : "dense";
+            return new LayerChoice(p.Index, c.Kept, c.CompiledMicroseconds, c.AlternativeMicroseconds,
+                c.Kept ? $"shared: measured faster than {dense}" : $"{dense}: measured faster");
+        }).ToList();
+        return (pipeline, choices);
     }
 
     /// <inheritdoc/>

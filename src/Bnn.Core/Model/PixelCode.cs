@@ -31,8 +31,8 @@ public static class PixelCode
     }
 
     /// <summary>Writes the levels of pixels that all belong to channel <paramref name="channel"/>.</summary>
-    // Fully optimized from its first call: the plane conv calls it per row, and its per-layer timings (StepTimer, bnn
-    // bench) run before tiered compilation would replace tier-0 code.
+    // Fully optimized from its first call: the plane conv calls it per row, and its timings (the engines' kernel
+    // choice, bnn bench) run before tiered compilation would replace tier-0 code.
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void EncodeChannel<T>(ConvLayer inputLayer, int channel, ReadOnlySpan<byte> pixels, Span<T> levels)
         where T : System.Numerics.IBinaryInteger<T>

@@ -72,7 +72,7 @@ public sealed class SharingTests
         foreach (var c in auto.Choices.Where(c => model.Layers[c.Layer] is ConvLayer { Stride: 1 }))
         {
             Assert.True(c.DenseMicroseconds > 0 && c.SharedMicroseconds > 0, c.Reason);
-            Assert.Equal(c.SharedMicroseconds < c.DenseMicroseconds, c.Shared);
+            Assert.Equal(c.SharedMicroseconds * PackedEngine.ImageMargin < c.DenseMicroseconds, c.Shared);
             Assert.StartsWith(c.Shared ? "shared: measured faster than dense" : "dense", c.Reason, StringComparison.Ordinal);
         }
         Assert.Contains(auto.Choices, c => c.Reason.StartsWith("dense: stride", StringComparison.Ordinal));
