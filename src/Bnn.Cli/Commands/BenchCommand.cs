@@ -19,9 +19,26 @@ namespace Bnn.Cli;
 /// </summary>
 internal static class BenchCommand
 {
-    internal sealed record Row(string Engine, int Batch, int Threads, int Images, double MsMedian, double MsSpread, double PeakRssMb)
+    /// <summary>One configuration's result; <paramref name="RoundMs"/> holds its ms per image in each round.</summary>
+    internal sealed record Row(string Engine, int Batch, int Threads, int Images, double MsMedian, double MsSpread, double PeakRssMb, IReadOnlyList<double> RoundMs)
     {
         public double ImagesPerSecond => 1000 / MsMedian;
+    }
+
+    /// <summary>
+    /// How many times faster <paramref name="row"/> ran than <paramref name="baseline"/>: the median over rounds of the
+    /// ratio within each round. Both were timed in the same round, seconds apart, so a slow stretch of the machine
+    /// (on the Intel host the same engine read 125 and 220 µs per image minutes apart) slows both sides of each ratio;
+    /// a ratio of the two medians could pair one's fast rounds with the other's slow ones.
+    /// </summary>
+    internal static double PairedRatio(Row row, Row baseline) =>
+        Median(row.RoundMs.Zip(baseline.RoundMs, (r, b) => b / r));
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        int n = sorted.Length;
+        return n % 2 == 1 ? sorted[n / 2] : (sorted[(n / 2) - 1] + sorted[n / 2]) / 2;
     }
 
     private static readonly TimeSpan WarmUp = TimeSpan.FromSeconds(1);
@@ -182,10 +199,7 @@ internal static class BenchCommand
         /// <summary>The median and spread (max − min) of the passes, in ms per image.</summary>
         public Row Result()
         {
-            var sorted = ms.Order().ToArray();
-            int n = sorted.Length;
-            double median = n % 2 == 1 ? sorted[n / 2] : (sorted[(n / 2) - 1] + sorted[n / 2]) / 2;
-            return new Row(engine.Name, Batch, Threads, images.Count, median, sorted[^1] - sorted[0], peakRssMb);
+            return new Row(engine.Name, Batch, Threads, images.Count, Median(ms), ms.Max() - ms.Min(), peakRssMb, ms.ToArray());
         }
 
         private void Pass()
@@ -230,11 +244,11 @@ internal static class BenchCommand
         sb.AppendLine(inv, $"{"engine",-12} {"batch",5} {"threads",7} {"images/s",10} {"ms/image",9} {"spread",8} {"vs fast",8} {"vs ORT",8} {"peak RSS",9} {"Gbit-ops/s",10} {"of roof",8}");
         foreach (var r in rows)
         {
-            var fast = rows.FirstOrDefault(x => x.Engine == "fast" && x.Batch == r.Batch && x.Threads == r.Threads);
-            var ort = rows.FirstOrDefault(x => x.Engine == "onnxruntime" && x.Batch == r.Batch && x.Threads == r.Threads);
+            var (fast, ort) = (Baseline(rows, r, "fast"), Baseline(rows, r, "onnxruntime"));
             var (achieved, fraction) = Achieved(r, modelOps, roofline.Peak);
             sb.AppendLine(inv, $"{r.Engine,-12} {r.Batch,5} {r.Threads,7} {r.ImagesPerSecond,10:F1} {r.MsMedian,9:F3} {r.MsSpread,8:F3} {Ratio(r, fast),8} {Ratio(r, ort),8} {r.PeakRssMb,7:F0}MB {achieved / 1e9,10:F1} {fraction,8:P1}");
         }
+        sb.AppendLine("vs fast, vs ORT: median over the rounds of the ratio within each round (rounds time every configuration in turn)");
         sb.AppendLine("Gbit-ops/s: the model's tap ops per image (as dense, for every engine) times images/s; of roof: against the roofline peak below times the threads");
         if (plannedHere)
         {
@@ -268,8 +282,12 @@ internal static class BenchCommand
         return (achieved, achieved / (peak * r.Threads));
     }
 
+    /// <summary>The row of <paramref name="engine"/> with <paramref name="r"/>'s batch and threads, if it was measured.</summary>
+    private static Row? Baseline(IReadOnlyList<Row> rows, Row r, string engine) =>
+        rows.FirstOrDefault(x => x.Engine == engine && x.Batch == r.Batch && x.Threads == r.Threads);
+
     private static string Ratio(Row r, Row? baseline) =>
-        baseline is null ? "-" : (baseline.MsMedian / r.MsMedian).ToString("F2", CultureInfo.InvariantCulture) + "x";
+        baseline is null ? "-" : PairedRatio(r, baseline).ToString("F2", CultureInfo.InvariantCulture) + "x";
 
     private static void WriteJson(System.Text.Json.Utf8JsonWriter w, string path, IReadOnlyList<Row> rows, IReadOnlyList<LayerRow> layers, Roofline.Result roofline,
         IReadOnlyList<LayerChoice> choices, IReadOnlyList<ConvKernelChoice> convChoices)
@@ -304,6 +322,19 @@ internal static class BenchCommand
             w.WriteNumber("peak_rss_mb", r.PeakRssMb);
             w.WriteNumber("bit_ops_per_second", achieved);
             w.WriteNumber("fraction_of_peak", fraction);
+            foreach (var (name, baseline) in new[] { ("vs_fast", "fast"), ("vs_onnxruntime", "onnxruntime") })
+            {
+                if (Baseline(rows, r, baseline) is { } b)
+                {
+                    w.WriteNumber(name, PairedRatio(r, b));
+                }
+            }
+            w.WriteStartArray("round_ms_per_image");
+            foreach (double ms in r.RoundMs)
+            {
+                w.WriteNumberValue(ms);
+            }
+            w.WriteEndArray();
             w.WriteEndObject();
         }
         w.WriteEndArray();

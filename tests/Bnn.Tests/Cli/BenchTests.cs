@@ -34,6 +34,8 @@ public sealed class BenchTests
             double peak = json.RootElement.GetProperty("roofline").GetProperty("peak_bit_ops_per_second").GetDouble();
             Assert.Equal(achieved / (peak * r.GetProperty("threads").GetInt32()), r.GetProperty("fraction_of_peak").GetDouble(), 1e-9);
             Assert.True(r.GetProperty("ms_spread").GetDouble() >= 0);
+            Assert.Equal(2, r.GetProperty("round_ms_per_image").GetArrayLength());
+            Assert.True(r.GetProperty("vs_fast").GetDouble() > 0 && r.GetProperty("vs_onnxruntime").GetDouble() > 0);
         }
         Assert.Equal(["reference", "fast", "shared", "onnxruntime"], results.Select(r => r.GetProperty("engine").GetString()).Distinct());
         Assert.Equal(model.Layers.Count, json.RootElement.GetProperty("layers").GetArrayLength());
@@ -73,6 +75,19 @@ public sealed class BenchTests
         var rows = timings.Select(t => t.Result()).ToList();
         Assert.Equal([("a", 2, 1), ("b", 4, 2)], rows.Select(r => (r.Engine, r.Batch, r.Threads)));
         Assert.All(rows, r => Assert.True(r.MsMedian > 0 && r.MsSpread >= 0 && r.PeakRssMb > 0));
+    }
+
+    [Fact]
+    public void BenchRatio_PairsRoundsSoThatASlowRoundSlowsBothSides()
+    {
+        // Round 2 ran slow for both (10x, as in round 1); round 3 only while ONNX Runtime ran (40x)
+        var engine = new Bnn.Cli.BenchCommand.Row("fast", 64, 1, 64, 0.2, 0.3, 1, [0.1, 0.4, 0.1]);
+        var ort = new Bnn.Cli.BenchCommand.Row("onnxruntime", 64, 1, 64, 1, 3, 1, [1, 4, 4]);
+
+        // The ratio of the medians reads 4 / 0.1 = 40x, pairing ONNX Runtime's slow rounds with the engine's fast ones;
+        // the median of the paired ratios reads 10x
+        Assert.Equal(10, Bnn.Cli.BenchCommand.PairedRatio(engine, ort), 9);
+        Assert.Equal(0.1, Bnn.Cli.BenchCommand.PairedRatio(ort, engine), 9);
     }
 
     private sealed class RecordingEngine(string name, BnnModel model, List<string> calls) : Bnn.Engine.IEngine
