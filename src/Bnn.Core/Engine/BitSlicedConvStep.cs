@@ -112,8 +112,11 @@ internal sealed class BitSlicedConvStep : PackedStep
             && (layer.Padding == 0 || layer.PadValue != 0) && 9L * layer.InChannels < (1L << Levels);
     }
 
-    /// <summary>Per part: one block's channel planes (and a zero channel), every output's counter state, and the output planes.</summary>
-    public override int AccumulatorCount => scratchWords * 2;
+    /// <summary>
+    /// Per part: one block's channel planes (and a zero channel), every output's counter state, and the output planes,
+    /// from the first 64-byte line in the array (<see cref="PackedStep.WordsToLine"/>).
+    /// </summary>
+    public override int AccumulatorCount => (scratchWords + 7) * 2;
 
     public override bool Splits => vectors >= 2;
 
@@ -227,7 +230,8 @@ internal sealed class BitSlicedConvStep : PackedStep
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Convolve(ulong[] planes, ulong[] output, int[] acc, int from, int to)
     {
-        var scratch = MemoryMarshal.Cast<int, ulong>(acc.AsSpan())[..scratchWords];
+        var words = MemoryMarshal.Cast<int, ulong>(acc.AsSpan());
+        var scratch = words.Slice(WordsToLine(ref words[0]), scratchWords);
         ref ulong channelPlanes = ref scratch[0];
         int k = layer.OutChannels;
         var zero = scratch.Slice(blockChannels * ChannelWords, ChannelWords);

@@ -123,11 +123,7 @@ internal sealed class RowSumInputConvStep : PackedStep
     /// <see cref="PrepareParts"/> and <see cref="RunPart"/> costs speed, never correctness; one that moves it between
     /// images moves the planes, and <see cref="Prepare"/> then clears the array so that their new borders are 0.
     /// </summary>
-    private static unsafe int AlignedStart(ulong[] words)
-    {
-        nuint address = (nuint)Unsafe.AsPointer(ref words[1]);
-        return 1 + (int)((64 - (address % 64)) % 64 / sizeof(ulong));
-    }
+    private static int AlignedStart(ulong[] words) => 1 + WordsToLine(ref words[1]);
 
     /// <summary>Writes the image's levels into the padded planes' interior and every row sum from them.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -88,6 +88,19 @@ public sealed class BitSlicedConvTests
     }
 
     [Fact]
+    public void WordsToLine_SkipsToTheNextCacheLine()
+    {
+        // Pinned arrays at whatever 8-byte offsets the allocator gives: the skip lands on a 64-byte line, within 7 words
+        for (int n = 1; n <= 40; n++)
+        {
+            var words = GC.AllocateArray<ulong>(n + 8, pinned: true);
+            int skip = PackedStep.WordsToLine(ref words[0]);
+            Assert.InRange(skip, 0, 7);
+            Assert.Equal(0, System.Runtime.InteropServices.Marshal.UnsafeAddrOfPinnedArrayElement(words, skip) % 64);
+        }
+    }
+
+    [Fact]
     public void FastEngine_TimesBothConvKernels_OnlyWhenItChoosesTheKernel()
     {
         var model = RandomModels.Create([new ConvSpec(16, 3, 1, 0), new ConvSpec(32, 3, 1, 0), new ConvSpec(8, 3, 2, 0), new OutputSpec(3)],
