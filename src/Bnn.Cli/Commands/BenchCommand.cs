@@ -249,6 +249,10 @@ internal static class BenchCommand
             sb.AppendLine(inv, $"{r.Engine,-12} {r.Batch,5} {r.Threads,7} {r.ImagesPerSecond,10:F1} {r.MsMedian,9:F3} {r.MsSpread,8:F3} {Ratio(r, fast),8} {Ratio(r, ort),8} {r.PeakRssMb,7:F0}MB {achieved / 1e9,10:F1} {fraction,8:P1}");
         }
         sb.AppendLine("vs fast, vs ORT: median over the rounds of the ratio within each round (rounds time every configuration in turn)");
+        if (Noisy(rows) is { Count: > 0 } noisy)
+        {
+            sb.AppendLine(inv, $"noisy: the spread exceeds half the median for {string.Join(", ", noisy.Select(r => $"{r.Engine} batch {r.Batch} threads {r.Threads}"))}; the machine's speed varied during the run, so more --repeats (or a quieter machine) give steadier figures");
+        }
         sb.AppendLine("Gbit-ops/s: the model's tap ops per image (as dense, for every engine) times images/s; of roof: against the roofline peak below times the threads");
         if (plannedHere)
         {
@@ -281,6 +285,9 @@ internal static class BenchCommand
         double achieved = modelOps * r.ImagesPerSecond;
         return (achieved, achieved / (peak * r.Threads));
     }
+
+    /// <summary>Rows whose spread over the rounds (max − min) exceeds half their median.</summary>
+    internal static List<Row> Noisy(IEnumerable<Row> rows) => [.. rows.Where(r => r.MsSpread > r.MsMedian / 2)];
 
     /// <summary>The row of <paramref name="engine"/> with <paramref name="r"/>'s batch and threads, if it was measured.</summary>
     private static Row? Baseline(IReadOnlyList<Row> rows, Row r, string engine) =>

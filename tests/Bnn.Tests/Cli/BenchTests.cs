@@ -88,6 +88,10 @@ public sealed class BenchTests
         // the median of the paired ratios reads 10x
         Assert.Equal(10, Bnn.Cli.BenchCommand.PairedRatio(engine, ort), 9);
         Assert.Equal(0.1, Bnn.Cli.BenchCommand.PairedRatio(ort, engine), 9);
+
+        // Both spread by more than half their median (0.3 on 0.2, 3 on 1): both are flagged; a steady row is not
+        var steady = new Bnn.Cli.BenchCommand.Row("fast", 64, 2, 64, 0.1, 0.05, 1, [0.1, 0.15, 0.1]);
+        Assert.Equal([engine, ort], Bnn.Cli.BenchCommand.Noisy([engine, steady, ort]));
     }
 
     private sealed class RecordingEngine(string name, BnnModel model, List<string> calls) : Bnn.Engine.IEngine
