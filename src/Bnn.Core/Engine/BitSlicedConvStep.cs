@@ -34,10 +34,12 @@ namespace Bnn.Engine;
 /// image goes in and the result comes out through 64x64 bit transposes (<see cref="PlaneBits"/>).</para>
 /// <para>Channel counts that are not a multiple of 8 are padded with zero planes (no mismatches) and not counted in
 /// n. Layers that pad with 0 are not supported (their border correction needs integer sums).</para>
-/// <para><b>Speed.</b> On the Zen 4 host it beats the packed conv on the CNV's conv1 by 8 % (53.3 against 57.9 µs) and loses
-/// on the smaller layers, whose positions fill a third of a vector or less; the counting is near its floor of one full
-/// adder per plane folded in. The fast engine times both per layer and keeps this one only where it is clearly faster
-/// (<see cref="PackedEngine.ConvChoices"/>; bench/RESULTS.md).</para>
+/// <para><b>Speed.</b> On the Zen 4 host it beats the packed conv on the CNV's conv1 by 8 % (53.3 against 57.9 µs) and
+/// loses on the smaller layers, whose positions fill a third of a vector or less; on the Intel host, whose byte lookups
+/// share one port, it makes the CNV's whole image about 20 % faster. The counting is near its floor of one full adder
+/// per plane folded in. The fast engine times whole images with each kernel per layer and keeps this one only where
+/// they run 5 % faster (<see cref="PackedEngine.ConvChoices"/>; bench/RESULTS.md). Stacking several images into one
+/// tall image fills the vectors of small layers, but gained at most 7 % in the pipeline and is not built (RESULTS).</para>
 /// </summary>
 internal sealed class BitSlicedConvStep : PackedStep
 {
