@@ -135,7 +135,7 @@ public sealed class PackedEngine : IEngine
             }
             bool keep = alternativeTime * ImageMargin < compiledTime;
             steps[i] = keep ? alternative : compiled;
-            choices.Add(new StepChoice(i, keep, compiledTime, alternativeTime, compiled is BitSlicedConvStep));
+            choices.Add(new StepChoice(i, keep, compiledTime, alternativeTime));
         }
         return choices;
     }
@@ -154,11 +154,10 @@ public sealed class PackedEngine : IEngine
     internal IReadOnlyList<StepChoice> AlternativeChoices { get; }
 
     /// <summary>
-    /// One timed choice: whether layer <paramref name="Layer"/> runs the <paramref name="Kept"/> alternative, the
-    /// microseconds per whole image with the compiled step and with the alternative, and whether the compiled step was
-    /// itself the bit-sliced conv.
+    /// One timed choice: whether layer <paramref name="Layer"/> runs the <paramref name="Kept"/> alternative, and the
+    /// microseconds per whole image with the compiled step and with the alternative.
     /// </summary>
-    internal readonly record struct StepChoice(int Layer, bool Kept, double CompiledMicroseconds, double AlternativeMicroseconds, bool CompiledBitSliced);
+    internal readonly record struct StepChoice(int Layer, bool Kept, double CompiledMicroseconds, double AlternativeMicroseconds);
 
     /// <summary>
     /// Compiles one layer for packed execution. With <paramref name="fastInput"/>, the input layer runs as shared row

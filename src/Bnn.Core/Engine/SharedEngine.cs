@@ -133,6 +133,7 @@ public sealed class SharedEngine : IEngine
         var pipeline = forced ? new PackedEngine(Model, XorPopCount.Best, planeConvs, chooseConvs: true)
             : new PackedEngine(Model, XorPopCount.Best, null, chooseConvs: true, alternatives: planeConvs);
         var timed = pipeline.AlternativeChoices.ToDictionary(c => c.Layer);
+        var bitSliced = pipeline.ConvChoices.Where(c => c.BitSliced).Select(c => c.Layer).ToHashSet();
         var choices = Model.ConvLayers.Select(p =>
         {
             if (unsupported.TryGetValue(p.Index, out var reason))
@@ -144,7 +145,7 @@ public sealed class SharedEngine : IEngine
                 return new LayerChoice(p.Index, true, double.NaN, double.NaN, "shared: forced");
             }
             var c = timed[p.Index];
-            string dense = c.CompiledBitSliced ? "dense (bit-sliced)" : "dense";
+            string dense = bitSliced.Contains(p.Index) ? "dense (bit-sliced)" : "dense";
             return new LayerChoice(p.Index, c.Kept, c.CompiledMicroseconds, c.AlternativeMicroseconds,
                 c.Kept ? $"shared: measured faster than {dense}" : $"{dense}: measured faster");
         }).ToList();
