@@ -41,6 +41,6 @@ mkdir -p "$out" "$scratch"
 } > "$out/onnx-import.txt"
 
 "${bnn[@]}" share --model "$model" --mode exact-similar --steiner --data "$data" --out "$scratch/$name.steiner.bnn" > "$out/share-steiner.txt"
-"${bnn[@]}" reproduce --data "$data" --finetune-epochs 3 --finetune-search-loss 0.03 --out "$scratch/reproduce" \
+"${bnn[@]}" reproduce --data "$data" --only "$name" --finetune-epochs 3 --finetune-search-loss 0.03 --out "$scratch/reproduce" \
     > "$out/reproduce.txt" 2> "$out/reproduce-search-trace.txt"
 echo "refreshed $out"

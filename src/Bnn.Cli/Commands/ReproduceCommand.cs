@@ -21,6 +21,11 @@ internal static class ReproduceCommand
         var data = new Option<string>("--data") { Description = "CIFAR-10 directory (SVHN rows need --svhn-data)", Required = true };
         var svhn = new Option<string?>("--svhn-data") { Description = "SVHN directory with train_32x32.mat and test_32x32.mat" };
         var models = new Option<string>("--models") { Description = "directory of shipped models (<arch>-<dataset>.bnn)", DefaultValueFactory = _ => "models" };
+        var only = new Option<string[]>("--only")
+        {
+            Description = "reproduce only these models, named as in --models without the extension (e.g. cnv-cifar10); default: all",
+            AllowMultipleArgumentsPerToken = true,
+        };
         var maxLoss = new Option<double>("--max-loss") { Description = "approximate: validation accuracy budget", DefaultValueFactory = _ => 0.01 };
         var maxRadius = new Option<int>("--max-radius") { Description = "approximate: largest merge radius tried (1 keeps the run short; radius 2 rarely fits a 1% budget)", DefaultValueFactory = _ => 1 };
         var steiner = new Option<bool>("--steiner") { Description = "also plan exact-similar with CP-SAT Steiner intermediates (adds a row)", DefaultValueFactory = _ => true };
@@ -31,7 +36,7 @@ internal static class ReproduceCommand
         var output = new Option<string?>("--out") { Description = "directory for the shared models and reproduce.json" };
         var command = new Command("reproduce", "Analyze, share (exact, exact-similar, approximate) and evaluate the shipped models; print the headline table")
         {
-            data, svhn, models, maxLoss, maxRadius, steiner, finetune, finetuneLoss, limit, threads, output,
+            data, svhn, models, only, maxLoss, maxRadius, steiner, finetune, finetuneLoss, limit, threads, output,
         };
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
@@ -43,7 +48,7 @@ internal static class ReproduceCommand
                 throw new UsageException($"--models: directory {dir} not found");
             }
             var rows = new List<Row>();
-            foreach (var path in Directory.GetFiles(dir, "*" + ModelFile.Extension).Order())
+            foreach (var path in SelectModels(dir, parse.GetValue(only) ?? []))
             {
                 var name = Path.GetFileNameWithoutExtension(path);
                 string dataset = name.EndsWith("-svhn", StringComparison.Ordinal) ? "svhn" : "cifar10";
@@ -65,6 +70,26 @@ internal static class ReproduceCommand
             return BnnApp.Ok;
         }));
         return command;
+    }
+
+    /// <summary>
+    /// The models in <paramref name="dir"/>, in name order, or only the <paramref name="names"/> given. A name that
+    /// is not there is refused before any work starts, naming those that are, so that a typo does not cost a run.
+    /// </summary>
+    private static IReadOnlyList<string> SelectModels(string dir, IReadOnlyCollection<string> names)
+    {
+        var all = Directory.GetFiles(dir, "*" + ModelFile.Extension).Order(StringComparer.Ordinal).ToList();
+        if (names.Count == 0)
+        {
+            return all;
+        }
+        var available = all.Select(Path.GetFileNameWithoutExtension).ToList();
+        var missing = names.Where(n => !available.Contains(n, StringComparer.Ordinal)).ToList();
+        if (missing.Count > 0)
+        {
+            throw new UsageException($"--only: no model {string.Join(", ", missing)} in {dir} (there: {(available.Count == 0 ? "none" : string.Join(", ", available))})");
+        }
+        return all.Where(p => names.Contains(Path.GetFileNameWithoutExtension(p), StringComparer.Ordinal)).ToList();
     }
 
     /// <summary>

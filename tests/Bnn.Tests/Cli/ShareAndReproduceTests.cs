@@ -81,6 +81,33 @@ public sealed class ShareAndReproduceTests
     }
 
     [Fact]
+    public void Reproduce_Only_RunsTheNamedModelAlone()
+    {
+        using var dir = new TempDirectory();
+        TestData.WriteCifarDirectory(dir, perBatch: 20, seed: 6);
+        Directory.CreateDirectory(dir.File("models"));
+        ModelFile.Save(SharingModel(), dir.File("models/a-cifar10.bnn"));
+        ModelFile.Save(SharingModel(), dir.File("models/b-cifar10.bnn"));
+        var (code, output, err) = CliRunner.Run("reproduce", "--data", dir.Path, "--models", dir.File("models"), "--only", "b-cifar10",
+            "--steiner", "false", "--limit", "20");
+        Assert.True(code == 0, err);
+        Assert.Contains("b-cifar10", output);
+        Assert.DoesNotContain("a-cifar10", output + err);
+    }
+
+    [Fact]
+    public void Reproduce_OnlyAnUnknownModel_IsAUsageErrorNamingTheModelsThere()
+    {
+        using var dir = new TempDirectory();
+        Directory.CreateDirectory(dir.File("models"));
+        ModelFile.Save(SharingModel(), dir.File("models/a-cifar10.bnn"));
+        var (code, _, err) = CliRunner.Run("reproduce", "--data", dir.Path, "--models", dir.File("models"), "--only", "cnv-cifar10");
+        Assert.Equal(1, code);
+        Assert.Contains("no model cnv-cifar10", err);
+        Assert.Contains("there: a-cifar10", err);
+    }
+
+    [Fact]
     public void Share_FinetuneWithoutCheckpoint_IsAUsageError()
     {
         using var dir = new TempDirectory();
