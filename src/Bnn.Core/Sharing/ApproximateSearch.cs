@@ -21,6 +21,15 @@ public sealed class MergeCache
 {
     private readonly Dictionary<(int Layer, int Radius), ConvLayer> merged = [];
 
+    /// <summary>Whether the layer's merge at the radius is already computed.</summary>
+    public bool Contains(int layer, int radius)
+    {
+        lock (merged)
+        {
+            return merged.ContainsKey((layer, radius));
+        }
+    }
+
     /// <summary>The layer merged at the radius, computed on first use.</summary>
     public ConvLayer Get(BnnModel model, int layer, int radius)
     {
@@ -69,6 +78,11 @@ public static class ApproximateSearch
             var layers = model.Layers.ToList();
             foreach (var (i, r) in candidate.Where(p => p.Value > 0))
             {
+                if (!cache.Contains(i, r))
+                {
+                    // A wide layer's covers take minutes (a CP-SAT solve per channel); say so before the silence.
+                    log?.Report($"conv{i} radius {r}: merging {((ConvLayer)model.Layers[i]).InChannels} channels");
+                }
                 layers[i] = cache.Get(model, i, r);
             }
             var mergedModel = model.WithLayers(layers);

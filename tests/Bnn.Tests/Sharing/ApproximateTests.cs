@@ -80,6 +80,31 @@ public sealed class ApproximateTests
     }
 
     [Fact]
+    public void Search_AnnouncesEachMergeItComputes_AndNoneTheCacheAlreadyHolds()
+    {
+        var model = SharingTests.ClusteredModel(8, codebook: 30);
+        var validation = TestData.RandomImages(20, 9, height: 17, width: 17);
+        var cache = new MergeCache();
+        var first = new LinesProgress();
+        ApproximateSearch.Run(model, validation, null, maxLoss: 0, fixedRadius: null, maxRadius: 1, log: first, cache: cache);
+        int convs = model.ConvLayers.Count(p => FilterCode.Supports(p.Layer));
+        var merging = first.Lines.Where(l => l.Contains(": merging ", StringComparison.Ordinal)).ToList();
+        Assert.Equal(convs, merging.Count);
+        Assert.All(model.ConvLayers.Where(p => FilterCode.Supports(p.Layer)), p =>
+            Assert.Contains($"conv{p.Index} radius 1: merging {p.Layer.InChannels} channels", merging));
+        var second = new LinesProgress();
+        ApproximateSearch.Run(model, validation, null, maxLoss: 0, fixedRadius: null, maxRadius: 1, log: second, cache: cache);
+        Assert.DoesNotContain(second.Lines, l => l.Contains(": merging ", StringComparison.Ordinal));
+    }
+
+    private sealed class LinesProgress : IProgress<string>
+    {
+        public List<string> Lines { get; } = [];
+
+        public void Report(string value) => Lines.Add(value);
+    }
+
+    [Fact]
     public void Recalibrate_SetsEachLayersStatisticsToItsAccumulatorMoments()
     {
         var model = TestData.SmallModel(7);
