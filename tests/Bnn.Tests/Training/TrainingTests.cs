@@ -349,12 +349,14 @@ public sealed class TrainingTests
         Assert.False(File.Exists(dir.File("next.ckpt")));
     }
 
-    [Fact]
-    public void SharingFineTune_KeepsEveryMergedClassTied_AndReportsEngineAccuracy()
+    [Theory]
+    [InlineData("cnv", 0.125)]
+    [InlineData("binarynet-vgg", 1.0 / 16)]
+    public void SharingFineTune_KeepsEveryMergedClassTied_AndReportsEngineAccuracy(string arch, double width)
     {
-        // Given a briefly trained CNV and its radius-1 merge
+        // Given a briefly trained network (the VGG pads: its merged layers must be tied through padding too) and its radius-1 merge
         using var dir = new TempDirectory();
-        var trained = Trainer.Train(TinyCnv(dir, perBatch: 100, dataSeed: 23, seed: 6, batches: 8));
+        var trained = Trainer.Train(TinyCnv(dir, perBatch: 100, dataSeed: 23, seed: 6, batches: 8) with { Arch = arch, Width = width });
         var model = ModelFile.Load(dir.File("m.bnn"));
         var merged = model.WithLayers(model.Layers.Select(l => l is ConvLayer c ? Bnn.Sharing.ApproximatePlanner.Merge(c, 1).Layer : l).ToList());
         var (train, validation) = Datasets.HoldOut(Datasets.Load("cifar10", dir.Path, "train"), 100);
