@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Regenerates docs/results/<name>/ for a shipped model after it changes: info, analysis, accuracy on the test set and
 # the lossless images, engine-vs-TorchSharp fidelity, the ONNX round trip, Steiner planning and the reproduce table.
-# Usage: scripts/refresh-model-results.sh [name] [data-dir]   (defaults: cnv-cifar10, ../shared/data/cifar10)
+# Usage: scripts/refresh-model-results.sh [--no-sharing] [name] [data-dir]   (defaults: cnv-cifar10, ../shared/data/cifar10)
 # BNN overrides the command (e.g. BNN=/path/to/published/bnn); it defaults to a Release `dotnet run`.
-# Takes about 20 minutes on the 2-core machine, most of it the reproduce run's fine-tuning.
+# Takes about 20 minutes on the 2-core machine for the CNV, most of it the reproduce run's fine-tuning, and about an
+# hour for BinaryNet-VGG. --no-sharing stops before Steiner planning and reproduce: the model's own figures only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+sharing=1
+if [[ ${1:-} == --no-sharing ]]; then
+    sharing=0
+    shift
+fi
 
 name=${1:-cnv-cifar10}
 data=${2:-../shared/data/cifar10}
@@ -40,6 +47,10 @@ mkdir -p "$out" "$scratch"
     "${bnn[@]}" eval --model "$scratch/$name.imported.bnn" --data "$data"
 } > "$out/onnx-import.txt"
 
+if (( ! sharing )); then
+    echo "refreshed $out (the model's own figures; sharing skipped)"
+    exit 0
+fi
 "${bnn[@]}" share --model "$model" --mode exact-similar --steiner --data "$data" --out "$scratch/$name.steiner.bnn" > "$out/share-steiner.txt"
 "${bnn[@]}" reproduce --data "$data" --only "$name" --finetune-epochs 3 --finetune-search-loss 0.03 --out "$scratch/reproduce" \
     > "$out/reproduce.txt" 2> "$out/reproduce-search-trace.txt"
