@@ -50,7 +50,7 @@ public sealed class CheckpointReport
         }
         text.Append(inv, $"; augmentation {AugmentationNames.Of(h.TrainingAugmentation)}; ")
             .AppendLine(h.ChannelsLast is bool cl && h.Bf16BinaryConvs is bool bf16
-                ? TrainSetup.LayoutAndPrecision(cl, bf16)
+                ? TrainSetup.LayoutAndPrecision(cl, bf16, h.Float)
                 : "layout and precision not recorded (a checkpoint from before they were)");
 
         text.Append(h.BestEpoch > 0

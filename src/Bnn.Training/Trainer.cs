@@ -119,7 +119,7 @@ public static class Trainer
         bool channelsLast = options.ChannelsLast ?? resumed?.ChannelsLast ?? true;
         bool bf16 = options.Bf16BinaryConvs ?? ((resumed?.Bf16BinaryConvs ?? true) && TrainOptions.CpuHasBf16DotProducts);
         using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: channelsLast,
-            bf16BinaryConvs: bf16, binarized: !isFloat);
+            bf16Convs: bf16, binarized: !isFloat);
         // As with the learning rate, a resumed run keeps the distillation settings it started with.
         using var distillation = teacherPath is null ? null : OpenTeacher(teacherPath, arch, width, all.Classes,
             resumed?.DistillWeight ?? options.DistillWeight, resumed?.DistillTemperature ?? options.DistillTemperature, channelsLast, bf16);
@@ -139,7 +139,7 @@ public static class Trainer
         }
         started?.Invoke(new TrainSetup(
             arch, width, isFloat, options.Dataset, train.Count, valCount, batchSize, resumed?.CompletedEpochs ?? 0, epochs, lr0, cycleStart,
-            augmentation, net.ChannelsLast, net.Bf16BinaryConvs, teacherPath, distillation?.Weight, distillation?.Temperature,
+            augmentation, net.ChannelsLast, net.Bf16Convs, teacherPath, distillation?.Weight, distillation?.Temperature,
             distillation?.InBf16 ?? false, resumed is null ? null : TrainSetup.OptimizerResume(resumed.Packed, resumed.HasOptimizerState)));
         var wall = Stopwatch.StartNew();
 
@@ -178,7 +178,7 @@ public static class Trainer
                 CompletedEpochs = epoch + 1, BestEpoch = bestEpoch, BestValidationAccuracy = bestAccuracy,
                 History = history, HasOptimizerState = true, Float = isFloat, Teacher = teacherPath,
                 DistillWeight = distillation?.Weight, DistillTemperature = distillation?.Temperature,
-                CycleStart = cycleStart, Augmentation = augmentation, ChannelsLast = net.ChannelsLast, Bf16BinaryConvs = net.Bf16BinaryConvs,
+                CycleStart = cycleStart, Augmentation = augmentation, ChannelsLast = net.ChannelsLast, Bf16BinaryConvs = net.Bf16Convs,
             };
             if (valAccuracy > bestAccuracy)
             {

@@ -25,7 +25,49 @@ public sealed class DistillationTests
             nn.functional.conv2d(nn.functional.pad(x, [1, 1, 1, 1], value: 1), stage.Weight, null, [1, 1], [0, 0])));
         Assert.True(stage.forward(x).allclose(expected, rtol: 1e-5, atol: 1e-6));
         Assert.False(net.Binarized);
-        Assert.False(net.Bf16BinaryConvs);
+        Assert.False(net.Bf16Convs);
+    }
+
+    [Fact]
+    public void FloatTwinInBf16_MultipliesInMixedPrecisionWhileTraining_AndEvaluatesInFloat32()
+    {
+        // Given two float twins with the same initial weights, one multiplying its convs after the first in bfloat16
+        using var scope = NewDisposeScope();
+        var specs = new LayerSpec[] { new ConvSpec(8, 3, 1, 1), new ConvSpec(12, 3, 1, 1), new PoolSpec(2), new DenseSpec(10), new OutputSpec(4) };
+        manual_seed(9);
+        using var plain = new BinaryNetwork(specs, inChannels: 3, inputSize: 8, binarized: false);
+        manual_seed(9);
+        using var mixed = new BinaryNetwork(specs, inChannels: 3, inputSize: 8, bf16Convs: true, binarized: false);
+        var x = randint(-255, 256, [4, 3, 8, 8]).to_type(float32);
+        var convs = mixed.Stages.OfType<BinaryNetwork.ConvStage>().ToList();
+
+        // Then only the second conv multiplies in bfloat16 while training, and neither makes signs (a twin has none)
+        Assert.Equal([false, true], convs.Select(c => c.MultipliesInBf16));
+        Assert.All(convs, c => Assert.False(c.MakesSignsInBf16));
+
+        // And evaluation is float32 throughout: the same scores, bit for bit
+        plain.eval();
+        mixed.eval();
+        Assert.True(plain.forward(x).eq(mixed.forward(x)).all().item<bool>());
+        plain.train();
+        mixed.train();
+
+        // When both run forward and backward in training mode
+        var (a, b, gradsA, gradsB) = TrainingTests.ForwardAndBackward(plain, mixed, x, randn(4, 4));
+
+        // Then real products rounded to bfloat16 change the scores, but only within its precision, and the gradients too
+        Assert.False(a.eq(b).all().item<bool>());
+        Assert.True(a.sub(b).abs().max().item<float>() <= a.abs().max().item<float>() / 32);
+        for (int i = 0; i < gradsA.Count; i++)
+        {
+            // As directions: bfloat16's rounding of the activation gradients is amplified by training-mode batch norm's
+            // backward, which subtracts their means (here 10 % of the norm for the first conv's weights; the lowest
+            // cosine, 0.984, is the first batch norm's bias). A lost path (a zero or detached gradient) fails.
+            var ga = gradsA[i].flatten();
+            var gb = gradsB[i].flatten();
+            float cosine = (ga.dot(gb) / (ga.norm() * gb.norm())).item<float>();
+            Assert.True(cosine >= 0.95, $"gradient {i}: cosine {cosine}");
+        }
     }
 
     [Fact]
@@ -56,10 +98,12 @@ public sealed class DistillationTests
         // Given a float twin trained briefly as a teacher
         using var dir = new TempDirectory();
         var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 41, seed: 11, batches: 3);
-        var teacher = Trainer.Train(options with { Float = true, Out = dir.File("teacher.bnn") });
+        TrainSetup? teacherSetup = null;
+        var teacher = Trainer.Train(options with { Float = true, Out = dir.File("teacher.bnn"), Bf16BinaryConvs = true }, started: s => teacherSetup = s);
 
-        // Then it has checkpoints but no bit-packed model, and refuses export
-        Assert.True(Checkpoint.ReadHeader(teacher.BestCheckpointPath).Float);
+        // Then it trained in mixed precision and says so, has checkpoints but no bit-packed model, and refuses export
+        Assert.EndsWith("channels-last, convs after the first in bfloat16 (mixed precision)", teacherSetup!.Describe(), StringComparison.Ordinal);
+        Assert.True(Checkpoint.ReadHeader(teacher.BestCheckpointPath) is { Float: true, Bf16BinaryConvs: true });
         Assert.False(File.Exists(dir.File("teacher.bnn")));
         var refusal = Assert.Throws<BnnDataException>(() => Exporter.FromCheckpoint(teacher.BestCheckpointPath));
         Assert.Contains("float", refusal.Message, StringComparison.Ordinal);

@@ -92,13 +92,18 @@ public sealed class TrainingTests
         AssertEngineMatchesTorch(net, model, images);
     }
 
-    /// <summary>Both networks' scores on <paramref name="x"/>, and every parameter's gradient of their sums.</summary>
-    private static (Tensor A, Tensor B, List<Tensor> GradsA, List<Tensor> GradsB) ForwardAndBackward(BinaryNetwork first, BinaryNetwork second, Tensor x)
+    /// <summary>
+    /// Both networks' scores on <paramref name="x"/>, and every parameter's gradient of their sums, or of their dot
+    /// products with <paramref name="scoreWeights"/> (a plain sum through training-mode batch norm is nearly constant,
+    /// so its gradients are mostly cancellation).
+    /// </summary>
+    internal static (Tensor A, Tensor B, List<Tensor> GradsA, List<Tensor> GradsB) ForwardAndBackward(
+        BinaryNetwork first, BinaryNetwork second, Tensor x, Tensor? scoreWeights = null)
     {
         var a = first.forward(x);
         var b = second.forward(x);
-        a.sum().backward();
-        b.sum().backward();
+        (scoreWeights is null ? a.sum() : (a * scoreWeights).sum()).backward();
+        (scoreWeights is null ? b.sum() : (b * scoreWeights).sum()).backward();
         var gradsA = first.parameters().Select(p => p.grad!).ToList();
         var gradsB = second.parameters().Select(p => p.grad!).ToList();
         Assert.Equal(gradsA.Count, gradsB.Count);
@@ -269,7 +274,7 @@ public sealed class TrainingTests
         manual_seed(7);
         using var plain = new BinaryNetwork(specs, inChannels: 3, inputSize: 8);
         manual_seed(7);
-        using var bf16 = new BinaryNetwork(specs, inChannels: 3, inputSize: 8, bf16BinaryConvs: true);
+        using var bf16 = new BinaryNetwork(specs, inChannels: 3, inputSize: 8, bf16Convs: true);
         var x = randint(-255, 256, [4, 3, 8, 8]).to_type(float32);
         var convs = bf16.Stages.OfType<BinaryNetwork.ConvStage>().ToList();
 
