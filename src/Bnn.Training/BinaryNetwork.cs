@@ -69,8 +69,8 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     /// Whether convs after the first multiply in bfloat16 while training. In a binary network inputs and weights are
     /// ±1, so the products are exact; libtorch accumulates in float32 but rounds each sum to bfloat16's 8
     /// significant bits. Sums beyond ±256 therefore carry a rounding error of at most 1/256 of their size, well below
-    /// batch norm's scale (the spread of a sum over n taps is about √n). Evaluation always runs in float32, so validation
-    /// figures and the export are unaffected. The latent weights and Adam's state stay float32 (bfloat16 latent
+    /// batch norm's scale (the spread of a sum over n taps is about √n). Evaluation always runs in float32, so
+    /// validation figures and the export are unaffected. The latent weights and Adam's state stay float32 (bfloat16 latent
     /// weights would lose small updates); only activations and their gradients pass through bfloat16. Measured here:
     /// BinaryNet-VGG's conv shapes about 1.7× faster forward and backward, its whole epoch 790 → 499 s (1.58×).
     /// The sums stay in bfloat16 into batch norm, which libtorch runs in mixed precision (float32 statistics,

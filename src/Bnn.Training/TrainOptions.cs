@@ -57,10 +57,11 @@ public sealed record TrainOptions
     /// <summary>
     /// Multiply convs after the first in bfloat16 while training (see <c>BinaryNetwork.Bf16Convs</c>: exact in a binary
     /// network, mixed precision in a float twin); null keeps a resumed run's choice, or else turns it on where the CPU
-    /// has bfloat16 dot products (<see cref="CpuHasBf16DotProducts"/>). A resumed choice of bfloat16 is dropped on a CPU without them, where it
-    /// would only be emulated. Measured on the Zen 4 host (2 threads, the distilled CNV, channels-last): 120 batches
-    /// plus validation 49.6-56.0 s against 61.5-63.3 s. With channels-last, whole epochs took 138-166 s (mean 151)
-    /// against 185-190 s contiguous in float32. A distillation teacher then runs in bfloat16 too (<c>Distillation</c>).
+    /// has bfloat16 dot products (<see cref="CpuHasBf16DotProducts"/>). A resumed choice of bfloat16 is dropped on a
+    /// CPU without them, where it would only be emulated. Measured on the Zen 4 host (2 threads, the distilled CNV,
+    /// channels-last): 120 batches plus validation 49.6-56.0 s against 61.5-63.3 s. With channels-last, whole epochs
+    /// took 138-166 s (mean 151) against 185-190 s contiguous in float32. A distillation teacher then runs in bfloat16
+    /// too (<c>Distillation</c>).
     /// </summary>
     public bool? Bf16BinaryConvs { get; init; }
 
@@ -156,8 +157,9 @@ public sealed record TrainSetup(
         string.Create(CultureInfo.InvariantCulture, $"distilling from {teacher} (α {weight}, T {temperature})");
 
     internal static string LayoutAndPrecision(bool channelsLast, bool bf16Convs, bool isFloat) =>
-        $"{(channelsLast ? "channels-last" : "contiguous")}, " +
-        (isFloat ? $"convs after the first in {(bf16Convs ? "bfloat16 (mixed precision)" : "float32")}" : $"binary convs in {(bf16Convs ? "bfloat16" : "float32")}");
+        $"{(channelsLast ? "channels-last" : "contiguous")}, " + (isFloat
+            ? $"convs after the first in {(bf16Convs ? "bfloat16 (mixed precision)" : "float32")}"
+            : $"binary convs in {(bf16Convs ? "bfloat16" : "float32")}");
 }
 
 /// <summary>Per-epoch figures, as logged to the CSV and stored in checkpoints.</summary>
