@@ -85,7 +85,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     /// state and evaluation stay float32. That is how float nets are commonly trained in bfloat16, and a teacher
     /// already distils in bfloat16 (<see cref="Distillation"/>); the twin makes no signs, so its ReLU outputs pass on
     /// in the type batch norm gave. On the Emerald Rapids host (AMX) a BinaryNet-VGG twin's step took 0.46 s a batch
-    /// of 100 against 1.93 s in float32 (4.2×), over 12 timed batches; its whole epochs of 450 batches took 274-610 s
+    /// of 100 against 1.93 s in float32 (4.2×), over 12 timed batches; its whole epochs of 450 batches took 274-609 s
     /// (0.6-1.4 s a batch with data loading and evaluation), because that host's speed swings up to 2×.</para>
     /// </summary>
     public bool Bf16Convs { get; }
