@@ -17,7 +17,7 @@ public class EngineBenchmarks
     private ImageSet images = null!;
     private readonly int[] scores = new int[10];
 
-    [Params(PopCountKernel.Scalar, PopCountKernel.Avx512FilterBlocked)]
+    [Params(PopCountKernel.Scalar, PopCountKernel.Avx2FilterBlocked, PopCountKernel.Avx512FilterBlocked)]
     public PopCountKernel Kernel { get; set; }
 
     [GlobalSetup]

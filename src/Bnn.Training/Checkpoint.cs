@@ -48,7 +48,10 @@ internal sealed record CheckpointHeader
 
     /// <summary>Whether the run trained channels-last; null in checkpoints written before this was recorded.</summary>
     public bool? ChannelsLast { get; init; }
-    /// <summary>Whether the run multiplied binary convs in bfloat16; null in checkpoints written before this was recorded.</summary>
+    /// <summary>
+    /// Whether the run multiplies binary convs in bfloat16, as chosen (a host without bfloat16 dot products runs such a
+    /// run in float32 and keeps the choice); null in checkpoints written before this was recorded.
+    /// </summary>
     public bool? Bf16BinaryConvs { get; init; }
     /// <summary>True in a <see cref="CheckpointPack"/>: latent weights in 16-bit fixed point, of Adam's state only its steps and second moments.</summary>
     public bool Packed { get; init; }

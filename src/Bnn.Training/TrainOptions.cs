@@ -57,13 +57,28 @@ public sealed record TrainOptions
     /// <summary>
     /// Multiply convs after the first in bfloat16 while training (see <c>BinaryNetwork.Bf16Convs</c>: exact in a binary
     /// network, mixed precision in a float twin); null keeps a resumed run's choice, or else turns it on where the CPU
-    /// has bfloat16 dot products (<see cref="CpuHasBf16DotProducts"/>). A resumed choice of bfloat16 is dropped on a
-    /// CPU without them, where it would only be emulated. Measured on the Zen 4 host (2 threads, the distilled CNV,
+    /// has bfloat16 dot products (<see cref="CpuHasBf16DotProducts"/>). A resumed choice of bfloat16 is set aside on a
+    /// CPU without them, where it would only be emulated, but kept in the checkpoints (<see cref="ResolveBf16"/>). Measured on the Zen 4 host (2 threads, the distilled CNV,
     /// channels-last): 120 batches plus validation 49.6-56.0 s against 61.5-63.3 s. With channels-last, whole epochs
     /// took 138-166 s (mean 151) against 185-190 s contiguous in float32. A distillation teacher then runs in bfloat16
     /// too (<c>Distillation</c>).
     /// </summary>
     public bool? Bf16BinaryConvs { get; init; }
+
+    /// <summary>
+    /// Whether this run multiplies in bfloat16 (<see cref="Bf16BinaryConvs"/>), and the choice its checkpoints record.
+    /// They differ only when a resumed run's bfloat16 is dropped for want of the hardware: the checkpoint keeps the
+    /// choice, so that the next resume on a host that has it runs in bfloat16 again without being told.
+    /// </summary>
+    internal static (bool Run, bool Record) ResolveBf16(bool? requested, bool? resumed, bool cpuHasBf16)
+    {
+        if (requested is bool explicitChoice)
+        {
+            return (explicitChoice, explicitChoice);
+        }
+        bool choice = resumed ?? true;
+        return (choice && cpuHasBf16, choice);
+    }
 
     /// <summary>Whether this CPU reports AVX-512 BF16 or AMX-BF16 (Linux <c>/proc/cpuinfo</c>; false elsewhere).</summary>
     public static bool CpuHasBf16DotProducts => CpuBf16.Value;

@@ -117,7 +117,7 @@ public static class Trainer
         // Layout and precision change only speed and rounding, but a resumed run keeps them unless told otherwise, so
         // that its epochs stay comparable.
         bool channelsLast = options.ChannelsLast ?? resumed?.ChannelsLast ?? true;
-        bool bf16 = options.Bf16BinaryConvs ?? ((resumed?.Bf16BinaryConvs ?? true) && TrainOptions.CpuHasBf16DotProducts);
+        var (bf16, bf16Choice) = TrainOptions.ResolveBf16(options.Bf16BinaryConvs, resumed?.Bf16BinaryConvs, TrainOptions.CpuHasBf16DotProducts);
         using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: channelsLast,
             bf16Convs: bf16, binarized: !isFloat);
         // As with the learning rate, a resumed run keeps the distillation settings it started with.
@@ -178,7 +178,7 @@ public static class Trainer
                 CompletedEpochs = epoch + 1, BestEpoch = bestEpoch, BestValidationAccuracy = bestAccuracy,
                 History = history, HasOptimizerState = true, Float = isFloat, Teacher = teacherPath,
                 DistillWeight = distillation?.Weight, DistillTemperature = distillation?.Temperature,
-                CycleStart = cycleStart, Augmentation = augmentation, ChannelsLast = net.ChannelsLast, Bf16BinaryConvs = net.Bf16Convs,
+                CycleStart = cycleStart, Augmentation = augmentation, ChannelsLast = net.ChannelsLast, Bf16BinaryConvs = bf16Choice,
             };
             if (valAccuracy > bestAccuracy)
             {

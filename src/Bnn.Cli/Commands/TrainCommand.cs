@@ -25,7 +25,7 @@ internal static class TrainCommand
         var limit = new Option<int?>("--limit") { Description = "use only the first N training records (smoke runs)" };
         var maxBatches = new Option<int?>("--max-batches") { Description = "stop each epoch after N batches (smoke runs)" };
         var channelsLast = new Option<bool?>("--channels-last") { Description = "run convs channels-last (default: the resumed run's, else on; it measured 1.2-1.26× faster for both architectures)" };
-        var bf16 = new Option<bool?>("--bf16-convs") { Description = "multiply convs after the first, and run a --teacher, in bfloat16 while training (exact ±1 products; a --float twin's in mixed precision; float32 weights and evaluation; default: the resumed run's, else on where the CPU has bfloat16 dot products)" };
+        var bf16 = new Option<bool?>("--bf16-convs") { Description = "multiply convs after the first, and run a --teacher, in bfloat16 while training (exact ±1 products; a --float twin's in mixed precision; float32 weights and evaluation; default: the resumed run's choice, else on, and either only where the CPU has bfloat16 dot products; a resume on a CPU without them runs in float32 and keeps the choice)" };
         var keepEpochs = new Option<bool>("--keep-epochs") { Description = "also keep each epoch's weights as M.epochNNN.ckpt (for `bnn average`)" };
         var isFloat = new Option<bool>("--float") { Description = "train the architecture's float twin (real weights, ReLU) as a distillation teacher; writes checkpoints, no model" };
         var teacher = new Option<string?>("--teacher") { Description = "distill from this float twin's checkpoint (from `bnn train --float`)" };

@@ -598,6 +598,7 @@ internal sealed class BinaryConvStep : PackedStep
     private readonly PopCountKernel kernel;
     private readonly ulong[] weights; // (K, ky, kx, words)
     private readonly ulong[]? blocked; // (⌈K/8⌉, ky·kx·words, 8) for the filter-blocked kernel
+    private readonly ByteCounter counter; // the filter-blocked kernel's
     private readonly int[] pairedBounds = []; // per block of 8 filters, their bounds twice (FilterBlockedPopCount.PairBounds)
     private readonly ulong[] padPixel;
     private readonly int[]? zeroPadCorrection; // position-major (Ho·Wo, K); null unless the layer pads with 0
@@ -622,8 +623,9 @@ internal sealed class BinaryConvStep : PackedStep
             padPixel[w] = BitConvention.PadWord(layer.PadValue, inShape.Channels, w);
         }
         weights = PackFilters(layer, inWords);
-        if (kernel == PopCountKernel.Avx512FilterBlocked)
+        if (FilterBlockedPopCount.CounterFor(kernel) is { } blockedCounter)
         {
+            counter = blockedCounter;
             blocked = FilterBlockedPopCount.Interleave(weights, layer.OutChannels, layer.KernelH * layer.KernelW * inWords);
             pairedBounds = FilterBlockedPopCount.PairBounds(layer.Threshold.Bound);
         }
@@ -751,14 +753,14 @@ internal sealed class BinaryConvStep : PackedStep
                 // Read in place as kh runs of the source: gathering the four patches first cost about 4 % of the image.
                 Span<int> starts = [Start(p, wo, rowWidth), Start(p + 1, wo, rowWidth), Start(p + 2, wo, rowWidth), Start(p + 3, wo, rowWidth)];
                 FilterBlockedPopCount.Threshold4(src, starts, layer.KernelH, rowWords, rowWidth * inWords, blocked, k, n, pairedBounds, layer.Threshold.FlipWords,
-                    output.Slice(p * outWords, 4 * outWords));
+                    output.Slice(p * outWords, 4 * outWords), counter);
                 continue;
             }
             for (int i = 0; i < 4; i++)
             {
                 GatherPatch(src, (p + i) / wo, (p + i) % wo, rowWidth, rowWords, patches.Slice(i * perFilter, perFilter));
             }
-            FilterBlockedPopCount.DotProducts4(patches, blocked, k, n, acc.Slice(p * k, 4 * k));
+            FilterBlockedPopCount.DotProducts4(patches, blocked, k, n, acc.Slice(p * k, 4 * k), counter);
         }
         for (; p < to; p += 2)
         {
@@ -770,12 +772,12 @@ internal sealed class BinaryConvStep : PackedStep
             var dotA = fused ? acc[..k] : acc.Slice(p * k, k);
             if (q == p)
             {
-                FilterBlockedPopCount.DotProducts(patchA, blocked, k, n, dotA);
+                FilterBlockedPopCount.DotProducts(patchA, blocked, k, n, dotA, counter);
             }
             else
             {
                 GatherPatch(src, q / wo, q % wo, rowWidth, rowWords, patchB);
-                FilterBlockedPopCount.DotProducts(patchA, patchB, blocked, k, n, dotA, fused ? acc.Slice(k, k) : acc.Slice(q * k, k));
+                FilterBlockedPopCount.DotProducts(patchA, patchB, blocked, k, n, dotA, fused ? acc.Slice(k, k) : acc.Slice(q * k, k), counter);
             }
             if (fused)
             {
@@ -970,6 +972,7 @@ internal sealed class DenseStep : PackedStep
     private readonly int outFeatures;
     private readonly PopCountKernel kernel;
     private readonly ulong[]? blocked; // (⌈out/8⌉, rowWords, 8) for the filter-blocked kernel: 8 outputs per broadcast input word
+    private readonly ByteCounter counter; // the filter-blocked kernel's
 
     public DenseStep(sbyte[] flatWeights, Threshold? threshold, Shape inShape, int outFeatures, PopCountKernel kernel)
     {
@@ -993,8 +996,9 @@ internal sealed class DenseStep : PackedStep
             }
         }
         OutputWords = BitConvention.Words(outFeatures);
-        if (kernel == PopCountKernel.Avx512FilterBlocked)
+        if (FilterBlockedPopCount.CounterFor(kernel) is { } blockedCounter)
         {
+            counter = blockedCounter;
             blocked = FilterBlockedPopCount.Interleave(weights, outFeatures, rowWords);
         }
     }
@@ -1008,7 +1012,7 @@ internal sealed class DenseStep : PackedStep
     {
         if (blocked is not null)
         {
-            FilterBlockedPopCount.DotProducts(input[..rowWords], blocked, outFeatures, inFeatures, acc);
+            FilterBlockedPopCount.DotProducts(input[..rowWords], blocked, outFeatures, inFeatures, acc, counter);
             return;
         }
         for (int o = 0; o < outFeatures; o++)

@@ -283,8 +283,9 @@ public sealed class FilterBlockedPopCountTests
         }
     }
 
-    [Fact]
-    public void Threshold4InPlace_RowsOfTheSource_EqualThresholdingGatheredPatches()
+    [Theory]
+    [MemberData(nameof(Counters))]
+    public void Threshold4InPlace_RowsOfTheSource_EqualThresholdingGatheredPatches(ByteCounter? counter)
     {
         var rng = new Random(8);
         foreach (var (rows, rowWords, stride) in new[] { (3, 3, 30), (3, 6, 12), (1, 7, 7), (2, 4, 9), (3, 12, 40) })
@@ -301,12 +302,30 @@ public sealed class FilterBlockedPopCountTests
                 var expected = new ulong[4 * BitConvention.Words(filters)];
                 var actual = new ulong[expected.Length];
                 FilterBlockedPopCount.Threshold4(gathered, bank, filters, words * 64, bounds, flips, expected, null);
-                FilterBlockedPopCount.Threshold4(source, starts, rows, rowWords, stride, bank, filters, words * 64, bounds, flips, actual);
+                if (counter is { } c)
+                {
+                    FilterBlockedPopCount.Threshold4(source, starts, rows, rowWords, stride, bank, filters, words * 64, bounds, flips, actual, c);
+                }
+                else
+                {
+                    FilterBlockedPopCount.Threshold4(source, starts, rows, rowWords, stride, bank, filters, words * 64, bounds, flips, actual);
+                }
                 Assert.Equal(expected, actual);
             }
         }
         Assert.Throws<ArgumentOutOfRangeException>(() => FilterBlockedPopCount.Threshold4(new ulong[10], [0, 0, 0, 2], 3, 3, 4, new ulong[72], 8, 576,
             new int[16], new ulong[1], new ulong[4]));
+    }
+
+    [Fact]
+    public void CounterFor_NamesTheFilterBlockedKernelsCounters_AndOnlyTheirs()
+    {
+        Assert.Equal(ByteCounter.Avx2Nibble, FilterBlockedPopCount.CounterFor(PopCountKernel.Avx2FilterBlocked));
+        Assert.Contains(FilterBlockedPopCount.CounterFor(PopCountKernel.Avx512FilterBlocked), new ByteCounter?[] { ByteCounter.Nibble, ByteCounter.Vbmi });
+        Assert.All(Enum.GetValues<PopCountKernel>().Where(k => k is not (PopCountKernel.Avx2FilterBlocked or PopCountKernel.Avx512FilterBlocked)),
+            k => Assert.Null(FilterBlockedPopCount.CounterFor(k)));
+        // Every filter-blocked kernel this machine lists runs on a counter it lists.
+        Assert.All(XorPopCount.Supported.Select(FilterBlockedPopCount.CounterFor).OfType<ByteCounter>(), c => Assert.Contains(c, FilterBlockedPopCount.SupportedCounters));
     }
 
     [Fact]

@@ -265,6 +265,19 @@ public sealed class TrainingTests
         Assert.Equal(expected, TrainOptions.ReportsBf16DotProducts(cpuinfo.Split('\n')));
     }
 
+    [Theory]
+    [InlineData(null, null, true, true, true)] // a new run: on where the hardware has it
+    [InlineData(null, null, false, false, true)] // ...and recorded as wanted where it does not
+    [InlineData(null, true, false, false, true)] // a resume on a host without it keeps the choice for the next
+    [InlineData(null, true, true, true, true)]
+    [InlineData(null, false, true, false, false)] // a run that chose float32 stays float32
+    [InlineData(false, true, true, false, false)] // told: as told, and recorded
+    [InlineData(true, false, false, true, true)]
+    public void Bf16Choice_RunsWhereTheHardwareHasIt_AndIsKeptAcrossHostsWithout(bool? requested, bool? resumed, bool cpu, bool run, bool record)
+    {
+        Assert.Equal((run, record), TrainOptions.ResolveBf16(requested, resumed, cpu));
+    }
+
     [Fact]
     public void Bf16Network_MultipliesInBf16OnlyInBinaryLayersWhileTraining_AndMatchesFloat32WhileSumsAreSmall()
     {

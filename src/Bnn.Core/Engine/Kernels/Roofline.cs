@@ -27,17 +27,23 @@ public static class Roofline
         var a = Enumerable.Range(0, words).Select(_ => (ulong)rng.NextInt64()).ToArray();
         var filters = Enumerable.Range(0, words * FilterBlockedPopCount.Block).Select(_ => (ulong)rng.NextInt64()).ToArray();
         var rates = new Dictionary<string, double>();
-        foreach (var kernel in XorPopCount.Supported.Where(k => k != PopCountKernel.Avx512FilterBlocked))
+        foreach (var kernel in XorPopCount.Supported.Where(k => FilterBlockedPopCount.CounterFor(k) is null))
         {
             var b = filters.AsSpan(0, words).ToArray();
             rates[kernel.ToString()] = Rate(secondsPerKernel, words * 64, () => XorPopCount.Compute(a, b, kernel));
         }
         var counts = new int[FilterBlockedPopCount.Block];
-        rates[nameof(PopCountKernel.Avx512FilterBlocked)] = Rate(secondsPerKernel, words * 64 * FilterBlockedPopCount.Block, () =>
+        foreach (var kernel in XorPopCount.Supported)
         {
-            FilterBlockedPopCount.Compute(a, filters, counts);
-            return counts[0];
-        });
+            if (FilterBlockedPopCount.CounterFor(kernel) is { } best)
+            {
+                rates[kernel.ToString()] = Rate(secondsPerKernel, words * 64 * FilterBlockedPopCount.Block, () =>
+                {
+                    FilterBlockedPopCount.Compute(a, filters, counts, best);
+                    return counts[0];
+                });
+            }
+        }
         // Two patches per filter load through each byte counter, as the conv runs its last positions.
         var second = a.Reverse().ToArray();
         var dotB = new int[FilterBlockedPopCount.Block];
@@ -46,12 +52,14 @@ public static class Roofline
         var dots4 = new int[4 * FilterBlockedPopCount.Block];
         foreach (var counter in FilterBlockedPopCount.SupportedCounters)
         {
-            rates[$"{nameof(PopCountKernel.Avx512FilterBlocked)}Pair{counter}"] = Rate(secondsPerKernel, 2L * words * 64 * FilterBlockedPopCount.Block, () =>
+            // Avx512FilterBlockedPairNibble, ..., Avx2FilterBlockedPair: the AVX2 kernel has one counter.
+            var (kernel, suffix) = counter == ByteCounter.Avx2Nibble ? (PopCountKernel.Avx2FilterBlocked, "") : (PopCountKernel.Avx512FilterBlocked, counter.ToString());
+            rates[$"{kernel}Pair{suffix}"] = Rate(secondsPerKernel, 2L * words * 64 * FilterBlockedPopCount.Block, () =>
             {
                 FilterBlockedPopCount.DotProducts(a, second, filters, FilterBlockedPopCount.Block, words * 64, counts, dotB, counter);
                 return counts[0] + dotB[0];
             });
-            rates[$"{nameof(PopCountKernel.Avx512FilterBlocked)}Quad{counter}"] = Rate(secondsPerKernel, 4L * words * 64 * FilterBlockedPopCount.Block, () =>
+            rates[$"{kernel}Quad{suffix}"] = Rate(secondsPerKernel, 4L * words * 64 * FilterBlockedPopCount.Block, () =>
             {
                 FilterBlockedPopCount.DotProducts4(four, filters, FilterBlockedPopCount.Block, words * 64, dots4, counter);
                 return dots4[0] + dots4[^1];
