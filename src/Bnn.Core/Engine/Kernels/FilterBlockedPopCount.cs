@@ -853,6 +853,7 @@ internal static class FilterBlockedPopCount
 
     private readonly struct NibbleBytes(Vector512<byte> table) : IByteCounts<NibbleBytes, Vector512<ulong>>
     {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static NibbleBytes Create() => new(Vector512.Create(Nibbles));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -874,6 +875,7 @@ internal static class FilterBlockedPopCount
     /// <summary>The nibble lookup on 256 bits (vpshufb looks up within 128-bit lanes, so the 16-byte table twice).</summary>
     private readonly struct Avx2NibbleBytes(Vector256<byte> table) : IByteCounts<Avx2NibbleBytes, Vector256<ulong>>
     {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Avx2NibbleBytes Create() => new(Vector256.Create(Nibbles.AsSpan(0, Vector256<byte>.Count)));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -905,6 +907,7 @@ internal static class FilterBlockedPopCount
         private static readonly byte[] TopBits = Table(i => BitOperations.PopCount((uint)(i & 3)) + (2 * BitOperations.PopCount((uint)((i >> 2) & 3))));
         private static readonly byte[] Top2 = Table(i => BitOperations.PopCount((uint)(i >> 4)));
 
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static VbmiBytes Create() => new(Vector512.Create(Low6), Vector512.Create(Low6Twice), Vector512.Create(TopBits), Vector512.Create(Top2));
 
         /// <summary>Bits 0-5 directly; bits 6-7, shifted right by 2, are index bits 4-5 of the fourth table.</summary>
