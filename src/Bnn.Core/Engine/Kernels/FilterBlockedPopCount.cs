@@ -56,9 +56,11 @@ internal static class FilterBlockedPopCount
     /// <summary>Whether the vector path runs here (AVX2 at least).</summary>
     public static bool IsAccelerated => Avx2.IsSupported;
 
-    /// <summary>The byte counter the vector path uses here: the widest registers, and VBMI where the CPU has it.</summary>
-    public static ByteCounter Counter { get; } =
-        Avx512Vbmi.IsSupported ? ByteCounter.Vbmi : Avx512BW.IsSupported ? ByteCounter.Nibble : ByteCounter.Avx2Nibble;
+    /// <summary>
+    /// The byte counter the vector path uses here: that of <see cref="XorPopCount.Best"/> (the widest registers, and VBMI
+    /// where the CPU has it). Without AVX2 nothing reads it.
+    /// </summary>
+    public static ByteCounter Counter { get; } = CounterFor(XorPopCount.Best) ?? ByteCounter.Avx2Nibble;
 
     /// <summary>Byte counters usable on this machine (none without AVX2).</summary>
     public static IReadOnlyList<ByteCounter> SupportedCounters { get; } =
