@@ -137,14 +137,24 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
             return;
         }
         using var _ = no_grad();
-        foreach (var stage in stages)
+        foreach (var weight in Weights)
         {
-            if (stage is IBinaryWeights b)
-            {
-                b.Weight.clamp_(-1.0, 1.0);
-            }
+            weight.clamp_(-1.0, 1.0);
         }
     }
+
+    /// <summary>Scales every conv, dense and output weight by <paramref name="factor"/> (decoupled weight decay); batch norm and the output temperature are left alone.</summary>
+    public void ScaleWeights(double factor)
+    {
+        using var _ = no_grad();
+        foreach (var weight in Weights)
+        {
+            weight.mul_(factor);
+        }
+    }
+
+    /// <summary>The weights of every conv, dense and output stage: latent binary weights, or a float twin's real ones.</summary>
+    private IEnumerable<Parameter> Weights => stages.OfType<IBinaryWeights>().Select(b => b.Weight);
 
     /// <summary>
     /// Latent weights start small, uniform in ±1/√fan_in (PyTorch's default bound). Starting them across the whole

@@ -53,6 +53,8 @@ internal sealed record CheckpointHeader
     /// run in float32 and keeps the choice); null in checkpoints written before this was recorded.
     /// </summary>
     public bool? Bf16BinaryConvs { get; init; }
+    /// <summary>The run's decoupled weight decay (<see cref="TrainOptions.WeightDecay"/>); null in checkpoints written before it was an option (none).</summary>
+    public double? WeightDecay { get; init; }
     /// <summary>True in a <see cref="CheckpointPack"/>: latent weights in 16-bit fixed point, of Adam's state only its steps and second moments.</summary>
     public bool Packed { get; init; }
 

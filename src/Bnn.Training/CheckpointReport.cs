@@ -42,7 +42,7 @@ public sealed class CheckpointReport
         }
         text.AppendLine();
 
-        text.Append(inv, $"epoch {h.CompletedEpochs} of {h.Epochs} done; ").Append(TrainSetup.Schedule(h.LearningRate, h.CycleStart, h.Epochs));
+        text.Append(inv, $"epoch {h.CompletedEpochs} of {h.Epochs} done; ").Append(TrainSetup.Schedule(h.LearningRate, h.CycleStart, h.Epochs, h.WeightDecay ?? 0));
         if (h.CompletedEpochs < h.Epochs)
         {
             double next = Trainer.CosineLearningRate(h.LearningRate, h.CompletedEpochs - h.CycleStart, h.Epochs - h.CycleStart);

@@ -95,6 +95,11 @@ public static class Trainer
         }
         var augmentation = options.Augmentation ?? resumed?.TrainingAugmentation ?? TrainOptions.DefaultAugmentation(options.Dataset);
         int batchSize = resumed?.BatchSize ?? options.BatchSize;
+        double weightDecay = options.WeightDecay ?? resumed?.WeightDecay ?? 0;
+        if (!(weightDecay >= 0 && double.IsFinite(weightDecay)))
+        {
+            throw new BnnDataException($"weight decay must be finite and ≥ 0 ({weightDecay})");
+        }
 
         var all = Datasets.Load(options.Dataset, options.DataDir, "train");
         if (options.TrainLimit is int limit)
@@ -140,7 +145,7 @@ public static class Trainer
         started?.Invoke(new TrainSetup(
             arch, width, isFloat, options.Dataset, train.Count, valCount, batchSize, resumed?.CompletedEpochs ?? 0, epochs, lr0, cycleStart,
             augmentation, net.ChannelsLast, net.Bf16Convs, teacherPath, distillation?.Weight, distillation?.Temperature,
-            distillation?.InBf16 ?? false, resumed is null ? null : TrainSetup.OptimizerResume(resumed.Packed, resumed.HasOptimizerState)));
+            distillation?.InBf16 ?? false, resumed is null ? null : TrainSetup.OptimizerResume(resumed.Packed, resumed.HasOptimizerState), weightDecay));
         var wall = Stopwatch.StartNew();
 
         var history = new List<EpochRecord>(resumed?.History ?? []);
@@ -158,7 +163,9 @@ public static class Trainer
                 group.LearningRate = lr;
             }
             var rng = new Random(EpochSeed(seed, epoch, stream: 0));
-            var (trainLoss, trainAccuracy) = TrainEpoch(net, optimizer, train, batchSize, batches, Augmenter.For(augmentation, rng), rng, null, distillation,
+            double keep = 1 - (lr * weightDecay);
+            Action? decay = weightDecay > 0 ? () => net.ScaleWeights(keep) : null;
+            var (trainLoss, trainAccuracy) = TrainEpoch(net, optimizer, train, batchSize, batches, Augmenter.For(augmentation, rng), rng, decay, distillation,
                 progress is null ? null : (b, loss, accuracy) =>
                 {
                     double done = (b + 1.0) / batches;
@@ -179,6 +186,7 @@ public static class Trainer
                 History = history, HasOptimizerState = true, Float = isFloat, Teacher = teacherPath,
                 DistillWeight = distillation?.Weight, DistillTemperature = distillation?.Temperature,
                 CycleStart = cycleStart, Augmentation = augmentation, ChannelsLast = net.ChannelsLast, Bf16BinaryConvs = bf16Choice,
+                WeightDecay = weightDecay,
             };
             if (valAccuracy > bestAccuracy)
             {
@@ -247,7 +255,7 @@ public static class Trainer
 
     /// <summary>
     /// One epoch of training over a shuffled <paramref name="train"/>: per step a dispose scope, the latent-weight clip
-    /// and then <paramref name="afterStep"/> (the fine-tuner's weight tying); a collection every 50 steps keeps RSS
+    /// and then <paramref name="afterStep"/> (weight decay, or the fine-tuner's weight tying); a collection every 50 steps keeps RSS
     /// flat. Returns the mean loss and accuracy over the epoch.
     /// </summary>
     internal static (double Loss, double Accuracy) TrainEpoch(BinaryNetwork net, optim.Optimizer optimizer, ImageSet train, int batchSize,

@@ -34,9 +34,10 @@ internal static class TrainCommand
         var augment = new Option<string?>("--augment") { Description = "training augmentation: crop-flip, flip or none (default: the resumed run's, else crop-flip for cifar10, none for svhn)" }
             .AcceptOnlyFromAmong(AugmentationNames.All.Keys.ToArray());
         var restartLr = new Option<double?>("--restart-lr") { Description = "with --resume: start a new cosine cycle at this learning rate, annealed to 0 by --epochs" };
+        var weightDecay = new Option<double?>("--weight-decay") { Description = "decoupled weight decay λ (AdamW: weights scaled by 1 − lr·λ after each step; e.g. 0.1 for a --float teacher); default: the resumed run's, else 0" };
         var command = new Command("train", "Train a BNN with TorchSharp and write a bit-packed model file")
         {
-            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16, keepEpochs, isFloat, teacher, distillWeight, distillTemperature, augment, restartLr,
+            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16, keepEpochs, isFloat, teacher, distillWeight, distillTemperature, augment, restartLr, weightDecay,
         };
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
@@ -64,6 +65,7 @@ internal static class TrainCommand
                 DistillTemperature = parse.GetValue(distillTemperature),
                 Augmentation = parse.GetValue(augment) is string name ? AugmentationNames.All[name] : null,
                 RestartLearningRate = parse.GetValue(restartLr),
+                WeightDecay = parse.GetValue(weightDecay),
             };
             if (options.Epochs < 0 || options.BatchSize <= 0 || !(options.Width > 0))
             {
@@ -88,6 +90,10 @@ internal static class TrainCommand
             if (options.RestartLearningRate is double restart && (options.Resume is null || !(restart > 0)))
             {
                 throw new UsageException("--restart-lr needs --resume and a learning rate > 0");
+            }
+            if (options.WeightDecay is double decay && !(decay >= 0 && double.IsFinite(decay)))
+            {
+                throw new UsageException("--weight-decay must be ≥ 0");
             }
             var result = RunWithProgress(io, options);
             var best = result.History.FirstOrDefault(h => h.Epoch == result.BestEpoch);

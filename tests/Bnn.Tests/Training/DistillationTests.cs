@@ -136,6 +136,42 @@ public sealed class DistillationTests
     }
 
     [Fact]
+    public void WeightDecay_ScalesTheWeightsBy1MinusLrLambdaAfterTheStep_LeavesBatchNorm_AndIsKeptOnResume()
+    {
+        // Given two float twins trained one step from the same seed on the same batch, the second with weight decay 50
+        using var dir = new TempDirectory();
+        var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 47, seed: 5, batches: 1) with { Float = true, Bf16BinaryConvs = false };
+        var plain = Trainer.Train(options with { Out = dir.File("plain.bnn") });
+        TrainSetup? setup = null;
+        var decayed = Trainer.Train(options with { Out = dir.File("decayed.bnn"), WeightDecay = 50 }, started: s => setup = s);
+
+        // Then every conv, dense and output weight is the plain step's times 1 − 2e-3·50 = 0.9, and nothing else moved
+        var header = Checkpoint.ReadHeader(decayed.CheckpointPath);
+        using var a = Checkpoint.NetworkFor(header);
+        using var b = Checkpoint.NetworkFor(header);
+        Checkpoint.ReadState(plain.CheckpointPath, a, null);
+        Checkpoint.ReadState(decayed.CheckpointPath, b, null);
+        var plainState = a.state_dict();
+        var weightNames = a.Stages.Select((stage, i) => (stage, i)).Where(s => s.stage is BinaryNetwork.IBinaryWeights)
+            .Select(s => $"stages.{s.i}.weight").ToHashSet();
+        Assert.Equal(9, weightNames.Count); // the CNV: six convs, two dense stages and the output
+        foreach (var (name, value) in b.state_dict())
+        {
+            var expected = weightNames.Contains(name) ? plainState[name] * 0.9 : plainState[name];
+            Assert.True(value.allclose(expected, rtol: 1e-5, atol: 1e-8), name);
+        }
+        Assert.False(b.state_dict()[weightNames.First()].allclose(plainState[weightNames.First()]));
+
+        // And the run says so, records it, and a resume that does not name it keeps it
+        Assert.Contains("cosine-annealed over epochs 1-1, decoupled weight decay 50;", setup!.Describe(), StringComparison.Ordinal);
+        Assert.Equal(50, header.WeightDecay);
+        Assert.Equal(0, Checkpoint.ReadHeader(plain.CheckpointPath).WeightDecay);
+        var resumed = Trainer.Train(options with { Out = dir.File("decayed.bnn"), Epochs = 2, Resume = decayed.CheckpointPath });
+        Assert.Equal(50, Checkpoint.ReadHeader(resumed.CheckpointPath).WeightDecay);
+        Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Out = dir.File("bad.bnn"), WeightDecay = -1 }));
+    }
+
+    [Fact]
     public void Bf16Teacher_GivesFloat32LogitsWithinBfloat16RoundingOfTheFloat32Teachers()
     {
         // Given a float twin trained briefly, loaded once as is and once in bfloat16

@@ -189,8 +189,12 @@ public sealed class TrainingTests
     {
         using var dir = new TempDirectory();
         var options = TinyCnv(dir, perBatch: 100, dataSeed: 27, seed: 3, batches: 1);
-        var defaults = Checkpoint.ReadHeader(Trainer.Train(options with { Out = dir.File("d.bnn") }).CheckpointPath);
-        Assert.Equal((true, TrainOptions.CpuHasBf16DotProducts), (defaults.ChannelsLast, defaults.Bf16BinaryConvs));
+        // By default a run is channels-last and chooses bfloat16, which it runs only where the CPU has it (a host without
+        // it still records the choice, for the next resume elsewhere: Bf16Choice_RunsWhereTheHardwareHasIt...)
+        TrainSetup? setup = null;
+        var defaults = Checkpoint.ReadHeader(Trainer.Train(options with { Out = dir.File("d.bnn") }, started: s => setup = s).CheckpointPath);
+        Assert.Equal((true, true), (defaults.ChannelsLast, defaults.Bf16BinaryConvs));
+        Assert.Equal((true, TrainOptions.CpuHasBf16DotProducts), (setup!.ChannelsLast, setup.Bf16BinaryConvs));
 
         // Given a run trained contiguous and in float32
         var first = Trainer.Train(options with { ChannelsLast = false, Bf16BinaryConvs = false });
