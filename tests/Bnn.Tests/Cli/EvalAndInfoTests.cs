@@ -113,8 +113,24 @@ public sealed class EvalAndInfoTests
     [InlineData(3, 0, 0, 1, "72:00:01")]
     public void Train_EpochLine_GivesTheEtaInWholeHours_AlsoPastADay(int days, int hours, int minutes, int seconds, string eta)
     {
-        var line = Bnn.Cli.TrainCommand.EpochLine(new Bnn.Training.TrainProgress(23, 300, 450, 450, 1.87799, 0.7152, new TimeSpan(days, hours, minutes, seconds)));
+        var line = Bnn.Cli.TrainCommand.LogLine(new Bnn.Training.TrainProgress(23, 300, 450, 450, 1.87799, 0.7152, new TimeSpan(days, hours, minutes, seconds)));
         Assert.Equal($"epoch 23/300: loss 1.8780 train acc 71.52 % eta {eta}", line);
+    }
+
+    [Theory]
+    [InlineData(450, new[] { 45, 90, 135, 180, 225, 270, 315, 360, 405, 450 })]
+    [InlineData(25, new[] { 3, 5, 8, 10, 13, 15, 18, 20, 23, 25 })]
+    [InlineData(10, new[] { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 })]
+    [InlineData(9, new[] { 9 })]
+    [InlineData(1, new[] { 1 })]
+    public void Train_LogLines_ComeAtEachTenthOfAnEpochOf10BatchesOrMore_AndAtItsEnd(int batches, int[] logged)
+    {
+        var lines = Enumerable.Range(1, batches)
+            .Select(b => (b, line: Bnn.Cli.TrainCommand.LogLine(new Bnn.Training.TrainProgress(2, 40, b, batches, 1.5, 0.5, TimeSpan.FromMinutes(90)))))
+            .Where(x => x.line is not null).ToList();
+        Assert.Equal(logged, lines.Select(x => x.b));
+        Assert.All(lines[..^1], x => Assert.StartsWith($"epoch 2/40, batch {x.b}/{batches}: loss 1.5000", x.line, StringComparison.Ordinal));
+        Assert.Equal("epoch 2/40: loss 1.5000 train acc 50.00 % eta 01:30:00", lines[^1].line);
     }
 
     [Fact]

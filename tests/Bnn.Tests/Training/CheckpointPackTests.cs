@@ -233,6 +233,43 @@ public sealed class CheckpointPackTests
     private static List<float> Latents(BinaryNetwork net) =>
         net.Stages.OfType<BinaryNetwork.IBinaryWeights>().SelectMany(s => s.Weight.detach().clone().data<float>().ToArray()).ToList();
 
+    [Fact]
+    public void FloatTwinPack_StoresRealWeightsExactly_EvenPastOne_AndResumesTheRunWithItsWeightDecay()
+    {
+        // Given a float twin trained two epochs with weight decay, one of whose weights is then scaled past ±1
+        using var dir = new TempDirectory();
+        var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 48, seed: 6, batches: 2)
+            with { Float = true, Bf16BinaryConvs = false, WeightDecay = 0.05, Epochs = 2, Out = dir.File("run/t.bnn") };
+        var run = Trainer.Train(options);
+        var header = Checkpoint.ReadHeader(run.CheckpointPath);
+        using var net = Checkpoint.NetworkFor(header);
+        Checkpoint.ReadState(run.CheckpointPath, net, null);
+        using (no_grad())
+        {
+            net.state_dict()["stages.0.weight"].mul_(40);
+        }
+        Assert.True(net.state_dict()["stages.0.weight"].abs().max().item<float>() > 1);
+        Checkpoint.Write(run.CheckpointPath, header, net, null);
+
+        // When it is packed and read back
+        var pack = CheckpointPack.Pack(run.CheckpointPath, dir.File("t.pack"));
+        using var back = Checkpoint.NetworkFor(header);
+        Checkpoint.ReadState(pack.PackPath, back, null);
+
+        // Then every tensor is the checkpoint's, bit for bit: a float twin has no latent weights to store in fixed point
+        var backState = back.state_dict();
+        foreach (var (name, tensor) in net.state_dict())
+        {
+            Assert.True(tensor.eq(backState[name]).all().item<bool>(), name);
+        }
+
+        // And a resume from the pack trains on, a float twin with the run's weight decay
+        var resumed = Trainer.Train(options with { Epochs = 3, Resume = pack.PackPath, WeightDecay = null, Out = dir.File("next/t.bnn") });
+        var resumedHeader = Checkpoint.ReadHeader(resumed.CheckpointPath);
+        Assert.Equal((3, true, 0.05), (resumedHeader.CompletedEpochs, resumedHeader.Float, resumedHeader.WeightDecay));
+        Assert.Equal(3, resumed.History.Count);
+    }
+
     private static byte[] ModelBytes(string checkpoint, TempDirectory dir)
     {
         var path = dir.File("model-" + Guid.NewGuid().ToString("N") + ".bnn");
