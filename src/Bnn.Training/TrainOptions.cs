@@ -126,9 +126,9 @@ public sealed record TrainOptions
     public double DistillTemperature { get; init; } = 4;
 
     /// <summary>
-    /// Decoupled weight decay λ (AdamW; Loshchilov and Hutter, 2019) in PyTorch's convention: after each step the conv
-    /// and dense weights are scaled by 1 − lr·λ, lr being that epoch's rate; batch norm and the output temperature are
-    /// not decayed. Adam's own L2 term would be divided by √v and so decay least the weights that move most. Null keeps
+    /// Decoupled weight decay λ (AdamW; Loshchilov and Hutter, 2019) in PyTorch's convention: after each step the conv,
+    /// dense and output weights are scaled by 1 − lr·λ, lr being that epoch's rate; batch norm and the output
+    /// temperature are not decayed. Adam's own L2 term would be divided by √v and so decay least the weights that move most. Null keeps
     /// a resumed run's, or else 0. Meant for float twins: the BinaryNet-VGG teacher trained without it fitted 96 % of
     /// its training images and reached 88.22 % validation (models/README.md); on latent binary weights it pulls them
     /// toward their sign flips.
