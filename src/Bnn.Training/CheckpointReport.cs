@@ -61,7 +61,7 @@ public sealed class CheckpointReport
             { AveragedEpochs: { Count: > 0 } averaged } => string.Create(inv,
                 $"weights only: the average of epochs {Ranges(averaged)}{(h.RecalibrationImages is int n ? string.Create(inv, $", batch norm re-estimated on {n:N0} training images") : "")}"),
             { Packed: true } => string.Create(inv,
-                $"a pack (latent weights in 16-bit fixed point, {(h.HasOptimizerState ? "Adam's second moments in 8 bits" : "no optimizer state")}) carrying {(h.BestEpoch > 0 ? $"best epoch {h.BestEpoch}" : "no best epoch")}: resumable"),
+                $"a pack ({(h.Float ? "weights in float32" : "latent weights in 16-bit fixed point")}, {(h.HasOptimizerState ? "Adam's second moments in 8 bits" : "no optimizer state")}) carrying {(h.BestEpoch > 0 ? $"best epoch {h.BestEpoch}" : "no best epoch")}: resumable"),
             { HasOptimizerState: true } => "resumable (holds Adam's state)",
             _ => "weights only, without Adam's state: export or evaluate it; resume from the run's latest checkpoint",
         });

@@ -263,6 +263,8 @@ public sealed class CheckpointPackTests
             Assert.True(tensor.eq(backState[name]).all().item<bool>(), name);
         }
 
+        Assert.Contains("a pack (weights in float32, no optimizer state)", CheckpointReport.Read(pack.PackPath).Describe(), StringComparison.Ordinal);
+
         // And a resume from the pack trains on, a float twin with the run's weight decay
         var resumed = Trainer.Train(options with { Epochs = 3, Resume = pack.PackPath, WeightDecay = null, Out = dir.File("next/t.bnn") });
         var resumedHeader = Checkpoint.ReadHeader(resumed.CheckpointPath);
