@@ -55,7 +55,7 @@ internal sealed record CheckpointHeader
     public bool? Bf16BinaryConvs { get; init; }
     /// <summary>The run's decoupled weight decay (<see cref="TrainOptions.WeightDecay"/>); null in checkpoints written before it was an option (none).</summary>
     public double? WeightDecay { get; init; }
-    /// <summary>True in a <see cref="CheckpointPack"/>: latent weights in 16-bit fixed point, of Adam's state only its steps and second moments.</summary>
+    /// <summary>True in a <see cref="CheckpointPack"/>: latent binary weights in 16-bit fixed point (a float twin's in float32), of Adam's state only its steps and second moments.</summary>
     public bool Packed { get; init; }
 
     /// <summary>What the run's training steps augmented with.</summary>

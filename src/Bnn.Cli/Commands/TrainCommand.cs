@@ -108,7 +108,7 @@ internal static class TrainCommand
 
     /// <summary>
     /// The line a non-interactive run logs at the end of each epoch and, in epochs of 10 batches or more, at each tenth
-    /// of it (an epoch of BinaryNet-VGG takes up to half an hour on a CPU without bfloat16). The ETA is in whole hours,
+    /// of it (an epoch of BinaryNet-VGG took 35-43 minutes on a CPU without bfloat16). The ETA is in whole hours,
     /// not days: a long run's remaining time passes 24 hours, and a TimeSpan's <c>hh</c> would silently drop the days.
     /// </summary>
     internal static string? LogLine(TrainProgress p)
