@@ -7,8 +7,9 @@ namespace Bnn.Training;
 /// Knowledge distillation (Hinton et al., 2015) from a float teacher into a BNN: the loss mixes cross-entropy on the
 /// labels with the KL divergence from the teacher's temperature-softened predictions,
 /// (1 − α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T)). T² keeps the soft term's gradients on the scale of the
-/// hard term's as T grows. The teacher is the same architecture's float twin (<see cref="BinaryNetwork.Binarized"/>),
-/// trained first with <c>bnn train --float</c>; it runs in eval mode and receives no gradients.
+/// hard term's as T grows. The teacher is a float network (<see cref="BinaryNetwork.Binarized"/> false) of any
+/// architecture with the student's classes, trained first with <c>bnn train --float</c>; it runs in eval mode and
+/// receives no gradients.
 /// </summary>
 internal sealed class Distillation : IDisposable
 {

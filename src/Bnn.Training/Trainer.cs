@@ -126,7 +126,7 @@ public static class Trainer
         using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: channelsLast,
             bf16Convs: bf16, binarized: !isFloat);
         // As with the learning rate, a resumed run keeps the distillation settings it started with.
-        using var distillation = teacherPath is null ? null : OpenTeacher(teacherPath, arch, width, all.Classes,
+        using var distillation = teacherPath is null ? null : OpenTeacher(teacherPath, all.Classes,
             resumed?.DistillWeight ?? options.DistillWeight, resumed?.DistillTemperature ?? options.DistillTemperature, channelsLast, bf16);
         var optimizer = optim.Adam(net.parameters(), lr0);
         if (resumed is not null)
@@ -229,14 +229,18 @@ public static class Trainer
         AtomicFile.Copy(source, bestPath);
     }
 
-    private static Distillation OpenTeacher(string path, string arch, double width, int classes, double weight, double temperature, bool channelsLast, bool bf16)
+    /// <summary>
+    /// Any float network with the student's classes can teach it: the teacher's logits are all the loss uses. The
+    /// student's own float twin is the obvious one; a cheaper net that fits the data better (<c>airbench</c>) may teach better.
+    /// </summary>
+    private static Distillation OpenTeacher(string path, int classes, double weight, double temperature, bool channelsLast, bool bf16)
     {
         var header = Checkpoint.ReadHeader(path);
-        if (!header.Float || header.Arch != arch || header.Width != width || header.Classes != classes)
+        if (!header.Float || header.Classes != classes)
         {
             throw new BnnDataException(
-                $"{path}: a teacher must be the float twin of {arch} ×{width} with {classes} classes (`bnn train --float`); it is " +
-                $"{(header.Float ? "the float twin" : "a binary network")} of {header.Arch} ×{header.Width} with {header.Classes} classes");
+                $"{path}: a teacher must be a float network (`bnn train --float`) with {classes} classes; it is " +
+                $"{(header.Float ? "a float network" : "a binary network")} ({header.Arch} ×{header.Width}) with {header.Classes} classes");
         }
         return new Distillation(path, weight, temperature, channelsLast, bf16);
     }

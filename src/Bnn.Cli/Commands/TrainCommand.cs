@@ -28,7 +28,7 @@ internal static class TrainCommand
         var bf16 = new Option<bool?>("--bf16-convs") { Description = "multiply convs after the first, and run a --teacher, in bfloat16 while training (exact ±1 products; a --float twin's in mixed precision; float32 weights and evaluation; default: the resumed run's choice, else on, and either only where the CPU has bfloat16 dot products; a resume on a CPU without them runs in float32 and keeps the choice)" };
         var keepEpochs = new Option<bool>("--keep-epochs") { Description = "also keep each epoch's weights as M.epochNNN.ckpt (for `bnn average`)" };
         var isFloat = new Option<bool>("--float") { Description = "train the architecture's float twin (real weights, ReLU) as a distillation teacher; writes checkpoints, no model" };
-        var teacher = new Option<string?>("--teacher") { Description = "distill from this float twin's checkpoint (from `bnn train --float`)" };
+        var teacher = new Option<string?>("--teacher") { Description = "distill from this float network's checkpoint (from `bnn train --float`; any architecture with the same classes, e.g. airbench)" };
         var distillWeight = new Option<double>("--distill-weight") { Description = "α: the teacher's share of the loss", DefaultValueFactory = _ => 0.5 };
         var distillTemperature = new Option<double>("--distill-temperature") { Description = "T: the softmax temperature of the teacher's term", DefaultValueFactory = _ => 4.0 };
         var augment = new Option<string?>("--augment") { Description = "training augmentation: crop-flip, flip or none (default: the resumed run's, else crop-flip for cifar10, none for svhn)" }

@@ -161,8 +161,8 @@ public sealed class PackedEngine : IEngine
 
     /// <summary>
     /// Compiles one layer for packed execution. With <paramref name="fastInput"/>, the input layer runs as shared row
-    /// sums where AVX-512BW is present (<see cref="RowSumInputConvStep"/>), else with VNNI on raw pixels where it can
-    /// (<see cref="VnniInputConvStep"/>), else as a dense plane conv (vectorized over pixels, every
+    /// sums where AVX2 or AVX-512BW is present and its rules allow (<see cref="RowSumInputConvStep"/>: stride 1), else
+    /// with VNNI on raw pixels where it can (<see cref="VnniInputConvStep"/>), else as a dense plane conv (vectorized over pixels, every
     /// 2-D filter computed: no sharing) where 512-bit vectors are accelerated; otherwise, and always for recalibration,
     /// which reads its position-major accumulators, as <see cref="InputConvStep"/>.
     /// </summary>

@@ -16,15 +16,17 @@ namespace Bnn.Engine;
 /// of them negations of the other half). It is the sharing idea at the granularity of kernel rows, which pays on the
 /// input layer because its taps are multi-bit levels rather than bits.
 /// <para>Positions are flat, q = y·Wp + x over the padded width Wp, so that a tap is a constant offset; the columns
-/// x ≥ the output width are computed and dropped. Lanes are 16-bit, 32 positions to a 512-bit vector, which holds
-/// every sum when <see cref="ConvLayer.MaxInputMagnitude"/>·kh·kw·C ≤ 32,767 (255·27 = 6,885 for RGB 3x3). Zero padding
-/// is level 0 in the planes' border, which is never written. Each filter compares 64 positions' sums at once; the 64
-/// filters' masks of a word go to the packed layout through one 64x64 bit transpose.</para>
+/// x ≥ the output width are computed and dropped. Lanes are 16-bit, 32 positions to a 512-bit vector (16 to a 256-bit
+/// one on AVX2 hosts), which holds every sum when <see cref="ConvLayer.MaxInputMagnitude"/>·kh·kw·C ≤ 32,767 (255·27 =
+/// 6,885 for RGB 3x3). Zero padding is level 0 in the planes' border, which is never written. Each filter compares 64
+/// positions' sums at once; the 64 filters' masks of a word go to the packed layout through one 64x64 bit transpose.</para>
+/// <para>On the Zen 3 host (AVX2, no VNNI) the 256-bit form replaced the VNNI step's three-instruction emulation.</para>
 /// </summary>
 internal sealed class RowSumInputConvStep : PackedStep
 {
-    private const int Lanes = 32;               // 16-bit lanes per 512-bit vector
+    private const int Lanes = 32;               // 16-bit lanes per 512-bit vector; planes are whole 64-byte lines of them
     private const int Group = 2 * Lanes;        // positions compared per filter at once: one 64-bit mask
+    private const int NarrowLanes = 16;         // 16-bit lanes per 256-bit vector
 
     private readonly ConvLayer layer;
     private readonly Shape inShape;
@@ -37,20 +39,36 @@ internal sealed class RowSumInputConvStep : PackedStep
     private readonly int[] terms;               // per filter, its kh·C rows' offsets into the row-sum planes
     private readonly short[] bounds;            // per filter, its bound clamped to the 16-bit range (sums never leave it)
     private readonly ulong[] flips;             // per filter, all ones where its comparison is flipped
+    private readonly bool wide;                 // 512-bit vectors, else 256-bit ones
+
+    /// <summary>Whether the CPU runs the 512-bit form (AVX-512BW).</summary>
+    internal static bool Has512 => Avx512BW.IsSupported && Vector512.IsHardwareAccelerated;
+
+    /// <summary>Whether the CPU runs the 256-bit form (AVX2).</summary>
+    internal static bool Has256 => Avx2.IsSupported && Vector256.IsHardwareAccelerated;
+
+    /// <summary>The vector widths this CPU runs, widest first: true for 512 bits, false for 256 (tests run each).</summary>
+    internal static IReadOnlyList<bool> Widths => [.. new[] { true, false }.Where(w => w ? Has512 : Has256)];
 
     /// <summary>
-    /// Whether this step runs <paramref name="layer"/>: AVX-512BW, the input layer at stride 1, kernel rows of at most 4
-    /// taps (at most 16 row-sum planes per channel), and every sum within 16 bits.
+    /// Whether this step runs <paramref name="layer"/>: AVX2 or AVX-512BW, the input layer at stride 1, kernel rows of at
+    /// most 4 taps (at most 16 row-sum planes per channel), and every sum within 16 bits.
     /// </summary>
-    public static bool Supports(ConvLayer layer) =>
-        Avx512BW.IsSupported && Vector512.IsHardwareAccelerated && layer.IsInputLayer && layer.Stride == 1
-        && layer.KernelW <= 4 && layer.MaxInputMagnitude * layer.TapsPerOutput <= short.MaxValue;
+    public static bool Supports(ConvLayer layer) => (Has512 || Has256) && Fits(layer);
 
-    public RowSumInputConvStep(ConvLayer layer, Shape inShape, Shape outShape)
+    private static bool Fits(ConvLayer layer) =>
+        layer.IsInputLayer && layer.Stride == 1 && layer.KernelW <= 4 && layer.MaxInputMagnitude * layer.TapsPerOutput <= short.MaxValue;
+
+    /// <param name="layer">The input layer.</param>
+    /// <param name="inShape">Its input shape.</param>
+    /// <param name="outShape">Its output shape.</param>
+    /// <param name="wide">512-bit vectors (the default where the CPU has them) or 256-bit ones.</param>
+    public RowSumInputConvStep(ConvLayer layer, Shape inShape, Shape outShape, bool? wide = null)
     {
-        if (!Supports(layer))
+        this.wide = wide ?? Has512;
+        if (!Fits(layer) || !(this.wide ? Has512 : Has256))
         {
-            throw new ArgumentException("the row-sum input conv does not support this layer", nameof(layer));
+            throw new ArgumentException($"the {(this.wide ? 512 : 256)}-bit row-sum input conv does not support this layer on this CPU", nameof(layer));
         }
         this.layer = layer;
         this.inShape = inShape;
@@ -143,7 +161,7 @@ internal sealed class RowSumInputConvStep : PackedStep
             padded[0] = (ulong)start;
         }
         var shorts = MemoryMarshal.Cast<ulong, short>(padded.AsSpan((int)padded[0]));
-        Span<Vector512<short>> sums = stackalloc Vector512<short>[patterns];
+        Span<Vector256<short>> sums = stackalloc Vector256<short>[patterns];
         for (int ch = 0; ch < c; ch++)
         {
             var levels = shorts.Slice(ch * levelLength, levelLength);
@@ -155,17 +173,25 @@ internal sealed class RowSumInputConvStep : PackedStep
             ref short r = ref shorts[(c * levelLength) + (ch * patterns * rowSumLength)];
             if (kw == 3)
             {
-                RowSums3(ref l, ref r);
+                if (wide)
+                {
+                    RowSums3(ref l, ref r);
+                }
+                else
+                {
+                    RowSums3Narrow(ref l, ref r);
+                }
                 continue;
             }
-            for (int q = 0; q < rowSumLength; q += Lanes)
+            // Other row lengths are rare (1x1, 2x2, 4-wide kernels): one 256-bit loop serves both forms.
+            for (int q = 0; q < rowSumLength; q += NarrowLanes)
             {
                 // All 2^kw sign patterns, tap by tap: each pattern of the first kx taps branches into + and − tap kx.
-                var tap = Vector512.LoadUnsafe(ref l, (nuint)q);
+                var tap = Vector256.LoadUnsafe(ref l, (nuint)q);
                 (sums[0], sums[1]) = (tap, -tap);
                 for (int kx = 1; kx < kw; kx++)
                 {
-                    tap = Vector512.LoadUnsafe(ref l, (nuint)(q + kx));
+                    tap = Vector256.LoadUnsafe(ref l, (nuint)(q + kx));
                     for (int s = (1 << kx) - 1; s >= 0; s--)
                     {
                         sums[s | (1 << kx)] = sums[s] - tap;
@@ -207,6 +233,30 @@ internal sealed class RowSumInputConvStep : PackedStep
         }
     }
 
+    /// <summary><see cref="RowSums3"/> in 256-bit vectors.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void RowSums3Narrow(ref short l, ref short r)
+    {
+        int n = rowSumLength;
+        for (int q = 0; q < n; q += NarrowLanes)
+        {
+            var l0 = Vector256.LoadUnsafe(ref l, (nuint)q);
+            var l1 = Vector256.LoadUnsafe(ref l, (nuint)(q + 1));
+            var l2 = Vector256.LoadUnsafe(ref l, (nuint)(q + 2));
+            var (a, b) = (l0 + l1, l0 - l1);
+            var (p0, p1, p2, p3) = (a + l2, l2 - b, b + l2, l2 - a);
+            ref short at = ref Unsafe.Add(ref r, q);
+            p0.StoreUnsafe(ref at);
+            p1.StoreUnsafe(ref at, (nuint)n);
+            p2.StoreUnsafe(ref at, (nuint)(2 * n));
+            p3.StoreUnsafe(ref at, (nuint)(3 * n));
+            (-p3).StoreUnsafe(ref at, (nuint)(4 * n));
+            (-p2).StoreUnsafe(ref at, (nuint)(5 * n));
+            (-p1).StoreUnsafe(ref at, (nuint)(6 * n));
+            (-p0).StoreUnsafe(ref at, (nuint)(7 * n));
+        }
+    }
+
     /// <summary>The output bits of the flat positions in groups [<paramref name="from"/>, <paramref name="to"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ThresholdGroups(ulong[] source, ulong[] output, int from, int to)
@@ -227,31 +277,58 @@ internal sealed class RowSumInputConvStep : PackedStep
                 {
                     int o = (word * 64) + j;
                     ref int t = ref Unsafe.Add(ref term0, o * perFilter);
-                    Vector512<short> low = default, high = default;
-                    int i = 0;
-                    for (; i + 3 <= perFilter; i += 3)
-                    {
-                        ref short r0 = ref Unsafe.Add(ref at, Unsafe.Add(ref t, i));
-                        ref short r1 = ref Unsafe.Add(ref at, Unsafe.Add(ref t, i + 1));
-                        ref short r2 = ref Unsafe.Add(ref at, Unsafe.Add(ref t, i + 2));
-                        low += Vector512.LoadUnsafe(ref r0) + Vector512.LoadUnsafe(ref r1) + Vector512.LoadUnsafe(ref r2);
-                        high += Vector512.LoadUnsafe(ref r0, Lanes) + Vector512.LoadUnsafe(ref r1, Lanes) + Vector512.LoadUnsafe(ref r2, Lanes);
-                    }
-                    for (; i < perFilter; i++)
-                    {
-                        ref short row = ref Unsafe.Add(ref at, Unsafe.Add(ref t, i));
-                        low += Vector512.LoadUnsafe(ref row);
-                        high += Vector512.LoadUnsafe(ref row, Lanes);
-                    }
-                    var bound = Vector512.Create(bounds[o]);
-                    ulong ge = Vector512.GreaterThanOrEqual(low, bound).ExtractMostSignificantBits()
-                        | (Vector512.GreaterThanOrEqual(high, bound).ExtractMostSignificantBits() << Lanes);
-                    // Bit set for −1: +1 exactly when (sum ≥ bound) ≠ flip.
-                    masks[j] = ~(ge ^ flips[o]);
+                    ulong below = wide ? Below512(ref at, ref t, perFilter, bounds[o]) : Below256(ref at, ref t, perFilter, bounds[o]);
+                    // Bit set for −1: −1 exactly when (sum < bound) ≠ flip.
+                    masks[j] = below ^ flips[o];
                 }
                 masks[filters..].Clear();
                 PlaneBits.ChannelsToPositions(masks, first, Math.Min(Group, positions - first), flatWidth, outShape.Width, words, word, output);
             }
         }
+    }
+
+    /// <summary>Bit i set where the filter's sum at position i of the 64 from <paramref name="at"/> is below <paramref name="bound"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong Below512(ref short at, ref int t, int perFilter, short bound)
+    {
+        Vector512<short> low = default, high = default;
+        int i = 0;
+        for (; i + 3 <= perFilter; i += 3)
+        {
+            ref short r0 = ref Unsafe.Add(ref at, Unsafe.Add(ref t, i));
+            ref short r1 = ref Unsafe.Add(ref at, Unsafe.Add(ref t, i + 1));
+            ref short r2 = ref Unsafe.Add(ref at, Unsafe.Add(ref t, i + 2));
+            low += Vector512.LoadUnsafe(ref r0) + Vector512.LoadUnsafe(ref r1) + Vector512.LoadUnsafe(ref r2);
+            high += Vector512.LoadUnsafe(ref r0, Lanes) + Vector512.LoadUnsafe(ref r1, Lanes) + Vector512.LoadUnsafe(ref r2, Lanes);
+        }
+        for (; i < perFilter; i++)
+        {
+            ref short row = ref Unsafe.Add(ref at, Unsafe.Add(ref t, i));
+            low += Vector512.LoadUnsafe(ref row);
+            high += Vector512.LoadUnsafe(ref row, Lanes);
+        }
+        var b = Vector512.Create(bound);
+        return Vector512.LessThan(low, b).ExtractMostSignificantBits() | (Vector512.LessThan(high, b).ExtractMostSignificantBits() << Lanes);
+    }
+
+    /// <summary><see cref="Below512"/> in four 256-bit vectors, each its own chain of adds.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong Below256(ref short at, ref int t, int perFilter, short bound)
+    {
+        Vector256<short> s0 = default, s1 = default, s2 = default, s3 = default;
+        for (int i = 0; i < perFilter; i++)
+        {
+            ref short row = ref Unsafe.Add(ref at, Unsafe.Add(ref t, i));
+            s0 += Vector256.LoadUnsafe(ref row);
+            s1 += Vector256.LoadUnsafe(ref row, NarrowLanes);
+            s2 += Vector256.LoadUnsafe(ref row, 2 * NarrowLanes);
+            s3 += Vector256.LoadUnsafe(ref row, 3 * NarrowLanes);
+        }
+        var b = Vector256.Create(bound);
+        // The comparisons' 16-bit lanes packed to bytes, two vectors at a time (vpacksswb interleaves 128-bit halves,
+        // which vpermq puts back in order), then one byte mask per 32 positions.
+        var first = Avx2.Permute4x64(Avx2.PackSignedSaturate(Vector256.LessThan(s0, b), Vector256.LessThan(s1, b)).AsInt64(), 0b11_01_10_00);
+        var second = Avx2.Permute4x64(Avx2.PackSignedSaturate(Vector256.LessThan(s2, b), Vector256.LessThan(s3, b)).AsInt64(), 0b11_01_10_00);
+        return (uint)Avx2.MoveMask(first.AsByte()) | ((ulong)(uint)Avx2.MoveMask(second.AsByte()) << 32);
     }
 }

@@ -54,13 +54,12 @@ public sealed class InputLayerTests
             {
                 var model = RandomModels.Create([new ConvSpec(filters, kernel, stride, padding), new OutputSpec(5)], new Shape(channels, size, size), seed: filters + size + channels);
                 var layer = (ConvLayer)model.Layers[0];
-                // It needs AVX-512BW, stride 1 and rows of at most 4 taps; elsewhere the engine falls back.
-                bool expected = System.Runtime.Intrinsics.X86.Avx512BW.IsSupported && System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated
-                    && stride == 1 && kernel <= 4;
+                // It needs AVX2 or AVX-512BW, stride 1 and rows of at most 4 taps; elsewhere the engine falls back.
+                bool expected = RowSumInputConvStep.Widths.Count > 0 && stride == 1 && kernel <= 4;
                 Assert.Equal(expected, RowSumInputConvStep.Supports(layer));
                 if (expected)
                 {
-                    AssertStepMatchesReference(model, new RowSumInputConvStep(layer, model.InputShapes[0], model.OutputShapes[0]));
+                    AssertEveryRowSumWidthMatchesReference(model);
                 }
             }
         }
@@ -77,7 +76,7 @@ public sealed class InputLayerTests
         var levels = Enumerable.Range(0, 3 * 256).Select(i => i == 77 ? -largest : rng.Next(-largest, largest + 1)).ToArray();
         var layer = new ConvLayer(first.OutChannels, first.InChannels, 3, 3, 1, 1, 0, true, first.Weights, first.Norm, levels);
         var model = random.WithLayers([layer, .. random.Layers.Skip(1)]);
-        if (!System.Runtime.Intrinsics.X86.Avx512BW.IsSupported || !System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated)
+        if (RowSumInputConvStep.Widths.Count == 0)
         {
             Assert.False(RowSumInputConvStep.Supports(layer));
             return;
@@ -85,7 +84,7 @@ public sealed class InputLayerTests
         Assert.Equal(supported, RowSumInputConvStep.Supports(layer));
         if (supported)
         {
-            AssertStepMatchesReference(model, new RowSumInputConvStep(layer, model.InputShapes[0], model.OutputShapes[0]));
+            AssertEveryRowSumWidthMatchesReference(model);
         }
     }
 
@@ -97,11 +96,14 @@ public sealed class InputLayerTests
         // prepared in that copy must find zero borders where its planes now start.
         var model = RandomModels.Create([new ConvSpec(64, 3, 1, 1), new OutputSpec(5)], new Shape(3, 32, 32), seed: 5);
         var layer = (ConvLayer)model.Layers[0];
-        if (!RowSumInputConvStep.Supports(layer))
+        foreach (bool wide in RowSumInputConvStep.Widths)
         {
-            return;
+            AssertMovedScratchMatches(model, new RowSumInputConvStep(layer, model.InputShapes[0], model.OutputShapes[0], wide));
         }
-        var step = new RowSumInputConvStep(layer, model.InputShapes[0], model.OutputShapes[0]);
+    }
+
+    private static void AssertMovedScratchMatches(BnnModel model, RowSumInputConvStep step)
+    {
         var images = TestData.RandomImages(2, 5, height: 32, width: 32);
         var expected = Enumerable.Range(0, 2).Select(i => step.RunPixels(images.Image(i), new ulong[step.OutputWords], new ulong[step.PaddedWords], new int[1]).ToArray()).ToArray();
         var garbage = new List<ulong[]>();
@@ -157,7 +159,7 @@ public sealed class InputLayerTests
         // The row-sum step clamps bounds to 16 bits: beyond every reachable sum they must still decide alike.
         if (RowSumInputConvStep.Supports(changed))
         {
-            AssertStepMatchesReference(edited, new RowSumInputConvStep(changed, edited.InputShapes[0], edited.OutputShapes[0]));
+            AssertEveryRowSumWidthMatchesReference(edited);
         }
         AssertStepMatchesReference(edited, new InputConvStep(changed, edited.InputShapes[0], edited.OutputShapes[0]));
     }
@@ -169,6 +171,16 @@ public sealed class InputLayerTests
         var model = RandomModels.Create([new ConvSpec(filters, kernel, stride, 1), new OutputSpec(5)], new Shape(3, size, size), seed: filters * size);
         var layer = (ConvLayer)model.Layers[0];
         AssertStepMatchesReference(model, PlaneConvStep.Create(layer, Bnn.Sharing.Planner.PlanDense(layer), model.InputShapes[0], model.OutputShapes[0]));
+    }
+
+    /// <summary>The row-sum step of the model's first layer in each vector width this CPU runs, against the reference.</summary>
+    private static void AssertEveryRowSumWidthMatchesReference(BnnModel model)
+    {
+        Assert.NotEmpty(RowSumInputConvStep.Widths);
+        foreach (bool wide in RowSumInputConvStep.Widths)
+        {
+            AssertStepMatchesReference(model, new RowSumInputConvStep((ConvLayer)model.Layers[0], model.InputShapes[0], model.OutputShapes[0], wide));
+        }
     }
 
     private static void AssertStepMatchesReference(BnnModel model, PackedStep step)

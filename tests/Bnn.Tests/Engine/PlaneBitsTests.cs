@@ -8,7 +8,8 @@ public sealed class PlaneBitsTests
     public static TheoryData<string, int> Transposes()
     {
         var data = new TheoryData<string, int>();
-        foreach (var path in PlaneBits.SimdTranspose ? new[] { "dispatch", "scalar", "simd" } : ["dispatch", "scalar"])
+        string[] paths = ["dispatch", "scalar", .. PlaneBits.SimdTranspose ? ["simd"] : Array.Empty<string>(), .. PlaneBits.Avx2Transpose ? ["avx2"] : Array.Empty<string>()];
+        foreach (var path in paths)
         {
             foreach (int seed in new[] { 1, 2, 3 })
             {
@@ -26,6 +27,7 @@ public sealed class PlaneBitsTests
         {
             "scalar" => rows => PlaneBits.Transpose64Scalar(rows),
             "simd" => rows => PlaneBits.Transpose64Simd(rows),
+            "avx2" => rows => PlaneBits.Transpose64Avx2(rows),
             _ => rows => PlaneBits.Transpose64(rows),
         };
         var rng = new Random(seed);

@@ -204,6 +204,29 @@ public sealed class DistillationTests
         var binary = Trainer.Train(options with { Out = dir.File("binary.bnn") });
 
         var error = Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Teacher = binary.CheckpointPath }));
-        Assert.Contains("float twin", error.Message, StringComparison.Ordinal);
+        Assert.Contains("must be a float network", error.Message, StringComparison.Ordinal);
+        Assert.Contains("it is a binary network (cnv ×0.125)", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Train_DistillsFromAFloatTeacherOfAnotherArchitecture_WhoseLogitsEnterTheLoss()
+    {
+        // Given a float airbench teacher and a CNV student
+        using var dir = new TempDirectory();
+        var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 44, seed: 13, batches: 2) with { Bf16BinaryConvs = false };
+        var teacher = Trainer.Train(options with { Arch = "airbench", Float = true, Out = dir.File("teacher.bnn") });
+        Assert.Equal("airbench", Checkpoint.ReadHeader(teacher.BestCheckpointPath).Arch);
+
+        // When the student trains with and without it (same seed, same batches)
+        var alone = Trainer.Train(options with { Out = dir.File("alone.bnn") });
+        TrainSetup? setup = null;
+        var taught = Trainer.Train(options with { Out = dir.File("taught.bnn"), Teacher = teacher.BestCheckpointPath, DistillWeight = 0.9 },
+            started: s => setup = s);
+
+        // Then the run names its teacher and records it, and the teacher changed what the student learned
+        Assert.Equal(teacher.BestCheckpointPath, setup!.Teacher);
+        Assert.Equal(teacher.BestCheckpointPath, Checkpoint.ReadHeader(taught.CheckpointPath).Teacher);
+        Assert.NotEqual(alone.History[0].TrainLoss, taught.History[0].TrainLoss);
+        Assert.NotEqual(File.ReadAllBytes(dir.File("alone.bnn")), File.ReadAllBytes(dir.File("taught.bnn")));
     }
 }

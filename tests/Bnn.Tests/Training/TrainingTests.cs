@@ -424,6 +424,7 @@ public sealed class TrainingTests
     [Theory]
     [InlineData("cnv", 0.125)]
     [InlineData("binarynet-vgg", 1.0 / 16)]
+    [InlineData("airbench", 0.125)]
     public void Validate_InTheEngine_GivesTorchSharpsAccuracyAndLoss(string arch, double width)
     {
         using var dir = new TempDirectory();

@@ -33,7 +33,8 @@ internal static class PlaneBits
 
     /// <summary>
     /// In place, bit j of row i ↔ bit i of row j (rows are 64-bit words, bit 0 = column 0): <see cref="Transpose64Simd"/>
-    /// where the machine has AVX-512 VBMI and GFNI, else <see cref="Transpose64Scalar"/>.
+    /// where the machine has AVX-512 VBMI and GFNI, else <see cref="Transpose64Avx2"/> where it has AVX2, else
+    /// <see cref="Transpose64Scalar"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Transpose64(Span<ulong> rows)
@@ -47,11 +48,64 @@ internal static class PlaneBits
             Transpose64Simd(rows);
             return;
         }
+        if (Avx2Transpose)
+        {
+            Transpose64Avx2(rows);
+            return;
+        }
         Transpose64Scalar(rows);
     }
 
     /// <summary>Whether <see cref="Transpose64Simd"/> runs here.</summary>
     public static bool SimdTranspose => Avx512Vbmi.IsSupported && Gfni.V512.IsSupported;
+
+    /// <summary>Whether <see cref="Transpose64Avx2"/> runs here.</summary>
+    public static bool Avx2Transpose => Avx2.IsSupported && Vector256.IsHardwareAccelerated;
+
+    /// <summary>
+    /// <see cref="Transpose64Scalar"/>'s six rounds four rows to a 256-bit register. In the rounds that pair rows 32,
+    /// 16, 8 and 4 apart both partners' four rows are contiguous; rows 2 and 1 apart are paired by regrouping two
+    /// registers (vperm2i128, then vpunpck[lh]qdq), both rounds in one pass. About 530 instructions against about
+    /// 1,350.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    internal static void Transpose64Avx2(Span<ulong> rows)
+    {
+        ref ulong a = ref rows[0];
+        ulong m = 0x0000_0000_FFFF_FFFFUL;
+        for (int j = 32; j >= 4; j >>= 1, m ^= m << j)
+        {
+            var mask = Vector256.Create(m);
+            for (int k = 0; k < 64; k = ((k | j) + 4) & ~j)
+            {
+                var low = Vector256.LoadUnsafe(ref a, (nuint)k);
+                var high = Vector256.LoadUnsafe(ref a, (nuint)(k | j));
+                var t = (Vector256.ShiftRightLogical(low, j) ^ high) & mask;
+                (high ^ t).StoreUnsafe(ref a, (nuint)(k | j));
+                (low ^ Vector256.ShiftLeft(t, j)).StoreUnsafe(ref a, (nuint)k);
+            }
+        }
+        var m2 = Vector256.Create(0x3333_3333_3333_3333UL);
+        var m1 = Vector256.Create(0x5555_5555_5555_5555UL);
+        for (int k = 0; k < 64; k += 8)
+        {
+            var v0 = Vector256.LoadUnsafe(ref a, (nuint)k);
+            var v1 = Vector256.LoadUnsafe(ref a, (nuint)(k + 4));
+            // Rows 2 apart: lows (k, k+1, k+4, k+5) against highs (k+2, k+3, k+6, k+7).
+            var low = Avx2.Permute2x128(v0, v1, 0x20);
+            var high = Avx2.Permute2x128(v0, v1, 0x31);
+            var t = (Vector256.ShiftRightLogical(low, 2) ^ high) & m2;
+            (low, high) = (low ^ Vector256.ShiftLeft(t, 2), high ^ t);
+            // Rows 1 apart: lows (k, k+2, k+4, k+6) against highs (k+1, k+3, k+5, k+7).
+            (low, high) = (Avx2.UnpackLow(low, high), Avx2.UnpackHigh(low, high));
+            t = (Vector256.ShiftRightLogical(low, 1) ^ high) & m1;
+            (low, high) = (low ^ Vector256.ShiftLeft(t, 1), high ^ t);
+            // Back through both regroupings: (k, k+1, k+4, k+5) and (k+2, k+3, k+6, k+7), then in order.
+            (v0, v1) = (Avx2.UnpackLow(low, high), Avx2.UnpackHigh(low, high));
+            Avx2.Permute2x128(v0, v1, 0x20).StoreUnsafe(ref a, (nuint)k);
+            Avx2.Permute2x128(v0, v1, 0x31).StoreUnsafe(ref a, (nuint)(k + 4));
+        }
+    }
 
     /// <summary>Six rounds, each swapping the off-diagonal blocks of every 2j x 2j block (Hacker's Delight, §7-3).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
