@@ -172,6 +172,10 @@ public sealed class CheckpointPackTests
                 Assert.True(v[j] == 0 ? back[j] == 0 : back[j] / v[j] <= bound && v[j] / back[j] <= bound, $"parameter {i}[{j}]: {v[j]} came back as {back[j]}");
             }
         }
+        // The states' tensors belong to the optimizers: collected early, they dispose them while the loop above reads
+        // them ("Tensor invalid -- empty handle", seen once in about five CI runs).
+        GC.KeepAlive(optimizer);
+        GC.KeepAlive(resumedOptimizer);
     }
 
     [Fact]
