@@ -35,9 +35,12 @@ internal sealed record CheckpointHeader
     public int? RecalibrationImages { get; init; }
     /// <summary>True for a float twin (<c>bnn train --float</c>), a distillation teacher that has no bit-packed model.</summary>
     public bool Float { get; init; }
-    /// <summary>The teacher checkpoint the run distilled from (full path), if any.</summary>
+    /// <summary>The teacher checkpoints the run distilled from (full paths); null if none, or in checkpoints written before ensembles.</summary>
+    public IReadOnlyList<string>? Teachers { get; init; }
+    /// <summary>The one teacher of a checkpoint written before ensembles (<see cref="Teachers"/>); read, never written.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public string? Teacher { get; init; }
-    /// <summary>α and T of the distillation loss, when <see cref="Teacher"/> is set.</summary>
+    /// <summary>α and T of the distillation loss, when the run has teachers.</summary>
     public double? DistillWeight { get; init; }
     public double? DistillTemperature { get; init; }
     /// <summary>The epoch the current cosine cycle started from (a --restart-lr resume); 0 for one schedule over the whole run.</summary>
@@ -57,6 +60,10 @@ internal sealed record CheckpointHeader
     public double? WeightDecay { get; init; }
     /// <summary>True in a <see cref="CheckpointPack"/>: latent binary weights in 16-bit fixed point (a float twin's in float32), of Adam's state only its steps and second moments.</summary>
     public bool Packed { get; init; }
+
+    /// <summary>The run's teachers, whichever field recorded them; empty if none.</summary>
+    [JsonIgnore]
+    public IReadOnlyList<string> TeacherPaths => Teachers ?? (Teacher is null ? [] : [Teacher]);
 
     /// <summary>What the run's training steps augmented with.</summary>
     public Augmentation TrainingAugmentation => Augmentation ?? TrainOptions.DefaultAugmentation(Dataset);

@@ -36,9 +36,9 @@ public sealed class CheckpointReport
         var text = new StringBuilder();
         text.Append(TrainSetup.Network(h.Arch, h.Width, h.Float, h.Dataset)).Append(inv, $", seed {h.Seed}, batch {h.BatchSize}, ")
             .Append(inv, $"{h.ValidationCount:N0} validation images");
-        if (h.Teacher is not null)
+        if (h.TeacherPaths.Count > 0)
         {
-            text.Append("; ").Append(TrainSetup.Distilling(h.Teacher, h.DistillWeight, h.DistillTemperature));
+            text.Append("; ").Append(TrainSetup.Distilling(h.TeacherPaths, h.DistillWeight, h.DistillTemperature));
         }
         text.AppendLine();
 

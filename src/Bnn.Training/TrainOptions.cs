@@ -116,8 +116,11 @@ public sealed record TrainOptions
     /// <summary>Train the architecture's float twin instead (real weights, ReLU), as a distillation teacher.</summary>
     public bool Float { get; init; }
 
-    /// <summary>A float twin's checkpoint to distill from (<see cref="Distillation"/>); null trains on labels alone.</summary>
-    public string? Teacher { get; init; }
+    /// <summary>
+    /// Float networks' checkpoints to distill from (<see cref="Distillation"/>), more than one as an ensemble; empty
+    /// trains on labels alone, or keeps a resumed run's teachers.
+    /// </summary>
+    public IReadOnlyList<string> Teachers { get; init; } = [];
 
     /// <summary>α, the soft (teacher) share of the distillation loss.</summary>
     public double DistillWeight { get; init; } = 0.5;
@@ -139,13 +142,14 @@ public sealed record TrainOptions
 /// <summary>
 /// What a run does once a resumed checkpoint's choices are applied to the options: a resume keeps most of them, so
 /// the command line alone does not say how the run will train. <paramref name="OptimizerNote"/> says how Adam resumes
-/// when its state is not all there (a pack, a weights-only checkpoint); null otherwise.
+/// when its state is not all there (a pack, a weights-only checkpoint); null otherwise. <paramref name="TeacherAccuracy"/>
+/// is the teachers' validation accuracy, measured as the run starts.
 /// </summary>
 public sealed record TrainSetup(
     string Arch, double Width, bool Float, string Dataset, int TrainCount, int ValidationCount, int BatchSize,
     int CompletedEpochs, int Epochs, double LearningRate, int CycleStart, Augmentation Augmentation,
-    bool ChannelsLast, bool Bf16BinaryConvs, string? Teacher, double? DistillWeight, double? DistillTemperature, bool TeacherInBf16,
-    string? OptimizerNote = null, double WeightDecay = 0)
+    bool ChannelsLast, bool Bf16BinaryConvs, IReadOnlyList<string> Teachers, double? DistillWeight, double? DistillTemperature, bool TeacherInBf16,
+    string? OptimizerNote = null, double WeightDecay = 0, TeacherAccuracy? TeacherAccuracy = null)
 {
     /// <summary>One line for a log, starting with the architecture.</summary>
     public string Describe()
@@ -155,10 +159,10 @@ public sealed record TrainSetup(
             $"{Network(Arch, Width, Float, Dataset)}: {TrainCount:N0} training and {ValidationCount:N0} validation " +
             $"images, batch {BatchSize}; {epochs}, {Schedule(LearningRate, CycleStart, Epochs, WeightDecay)}; " +
             $"augmentation {AugmentationNames.Of(Augmentation)}; {LayoutAndPrecision(ChannelsLast, Bf16BinaryConvs, Float)}");
-        if (Teacher is not null)
+        if (Teachers.Count > 0)
         {
             text = string.Create(CultureInfo.InvariantCulture,
-                $"{text}; {Distilling(Teacher, DistillWeight, DistillTemperature)}, teacher in {(TeacherInBf16 ? "bfloat16" : "float32")}");
+                $"{text}; {Distilling(Teachers, DistillWeight, DistillTemperature, TeacherAccuracy)}, {(Teachers.Count > 1 ? "teachers" : "teacher")} in {(TeacherInBf16 ? "bfloat16" : "float32")}");
         }
         return OptimizerNote is null ? text : $"{text}; {OptimizerNote}";
     }
@@ -179,8 +183,15 @@ public sealed record TrainSetup(
         string.Create(CultureInfo.InvariantCulture, $"learning rate {CheckpointReport.Rate(learningRate)} cosine-annealed over epochs {cycleStart + 1}-{epochs}") +
         (weightDecay > 0 ? string.Create(CultureInfo.InvariantCulture, $", decoupled weight decay {weightDecay}") : "");
 
-    internal static string Distilling(string teacher, double? weight, double? temperature) =>
-        string.Create(CultureInfo.InvariantCulture, $"distilling from {teacher} (α {weight}, T {temperature})");
+    /// <summary>"distilling from A and B (α, T)", with each teacher's validation accuracy and their ensemble's when measured.</summary>
+    internal static string Distilling(IReadOnlyList<string> teachers, double? weight, double? temperature, TeacherAccuracy? accuracy = null)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var named = teachers.Select((t, i) => accuracy is null ? t : string.Create(inv, $"{t} (validation {accuracy.Each[i]:P2})")).ToList();
+        var list = named.Count == 1 ? named[0] : $"{string.Join(", ", named.Take(named.Count - 1))} and {named[^1]}";
+        var together = accuracy is not null && teachers.Count > 1 ? string.Create(inv, $", their mean {accuracy.Together:P2}") : "";
+        return string.Create(inv, $"distilling from {list}{together} (α {weight}, T {temperature})");
+    }
 
     internal static string LayoutAndPrecision(bool channelsLast, bool bf16Convs, bool isFloat) =>
         $"{(channelsLast ? "channels-last" : "contiguous")}, " + (isFloat

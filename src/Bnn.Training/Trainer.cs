@@ -69,11 +69,12 @@ public static class Trainer
                 CarryBestCheckpoint(options.Resume!, resumed.BestEpoch, bestPath);
             }
         }
-        string? teacherPath = options.Teacher is null ? resumed?.Teacher : Path.GetFullPath(options.Teacher);
-        if (options.Teacher is null && teacherPath is not null && !File.Exists(teacherPath))
+        // Given teachers replace a resumed run's (one that moved, or a new ensemble); otherwise the run keeps its own.
+        IReadOnlyList<string> teacherPaths = options.Teachers.Count > 0 ? [.. options.Teachers.Select(Path.GetFullPath)] : resumed?.TeacherPaths ?? [];
+        if (options.Teachers.Count == 0 && teacherPaths.FirstOrDefault(t => !File.Exists(t)) is string gone)
         {
             throw new BnnDataException(
-                $"{options.Resume}: the run distilled from {teacherPath}, which is not there (a checkpoint records its teacher's full path); pass --teacher with that checkpoint");
+                $"{options.Resume}: the run distilled from {gone}, which is not there (a checkpoint records its teachers' full paths); pass --teacher with each of its teachers");
         }
         var arch = resumed?.Arch ?? options.Arch;
         var width = resumed?.Width ?? options.Width;
@@ -115,7 +116,7 @@ public static class Trainer
             throw new BnnDataException($"{options.Resume} is a binary network's checkpoint; --float cannot resume it");
         }
         bool isFloat = resumed?.Float ?? options.Float;
-        if (isFloat && teacherPath is not null)
+        if (isFloat && teacherPaths.Count > 0)
         {
             throw new BnnDataException("a float twin is the teacher; it does not distill from one (--float with --teacher)");
         }
@@ -126,8 +127,10 @@ public static class Trainer
         using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: channelsLast,
             bf16Convs: bf16, binarized: !isFloat);
         // As with the learning rate, a resumed run keeps the distillation settings it started with.
-        using var distillation = teacherPath is null ? null : OpenTeacher(teacherPath, all.Classes,
+        using var distillation = teacherPaths.Count == 0 ? null : OpenTeachers(teacherPaths, options.Dataset, all.Classes,
             resumed?.DistillWeight ?? options.DistillWeight, resumed?.DistillTemperature ?? options.DistillTemperature, channelsLast, bf16);
+        // Measured at every start, so that the log says how far above the student its teachers stand.
+        var teacherAccuracy = distillation?.Accuracy(validation);
         var optimizer = optim.Adam(net.parameters(), lr0);
         if (resumed is not null)
         {
@@ -144,8 +147,9 @@ public static class Trainer
         }
         started?.Invoke(new TrainSetup(
             arch, width, isFloat, options.Dataset, train.Count, valCount, batchSize, resumed?.CompletedEpochs ?? 0, epochs, lr0, cycleStart,
-            augmentation, net.ChannelsLast, net.Bf16Convs, teacherPath, distillation?.Weight, distillation?.Temperature,
-            distillation?.InBf16 ?? false, resumed is null ? null : TrainSetup.OptimizerResume(resumed.Packed, resumed.HasOptimizerState), weightDecay));
+            augmentation, net.ChannelsLast, net.Bf16Convs, teacherPaths, distillation?.Weight, distillation?.Temperature,
+            distillation?.InBf16 ?? false, resumed is null ? null : TrainSetup.OptimizerResume(resumed.Packed, resumed.HasOptimizerState), weightDecay,
+            teacherAccuracy));
         var wall = Stopwatch.StartNew();
 
         var history = new List<EpochRecord>(resumed?.History ?? []);
@@ -183,7 +187,7 @@ public static class Trainer
                 Arch = arch, Width = width, Dataset = options.Dataset, Classes = all.Classes, BinaryPadValue = 1,
                 Seed = seed, Epochs = epochs, LearningRate = lr0, BatchSize = batchSize, ValidationCount = valCount,
                 CompletedEpochs = epoch + 1, BestEpoch = bestEpoch, BestValidationAccuracy = bestAccuracy,
-                History = history, HasOptimizerState = true, Float = isFloat, Teacher = teacherPath,
+                History = history, HasOptimizerState = true, Float = isFloat, Teachers = teacherPaths.Count > 0 ? teacherPaths : null,
                 DistillWeight = distillation?.Weight, DistillTemperature = distillation?.Temperature,
                 CycleStart = cycleStart, Augmentation = augmentation, ChannelsLast = net.ChannelsLast, Bf16BinaryConvs = bf16Choice,
                 WeightDecay = weightDecay,
@@ -230,19 +234,23 @@ public static class Trainer
     }
 
     /// <summary>
-    /// Any float network with the student's classes can teach it: the teacher's logits are all the loss uses. The
-    /// student's own float twin is the obvious one; a cheaper net that fits the data better (<c>airbench</c>) may teach better.
+    /// Any float network trained on the student's dataset can teach it: the teachers' logits are all the loss uses. The
+    /// student's own float twin is the obvious one; a cheaper net that fits the data better (<c>airbench</c>) may teach
+    /// better, and an ensemble of different ones better still.
     /// </summary>
-    private static Distillation OpenTeacher(string path, int classes, double weight, double temperature, bool channelsLast, bool bf16)
+    private static Distillation OpenTeachers(IReadOnlyList<string> paths, string dataset, int classes, double weight, double temperature, bool channelsLast, bool bf16)
     {
-        var header = Checkpoint.ReadHeader(path);
-        if (!header.Float || header.Classes != classes)
+        foreach (var path in paths)
         {
-            throw new BnnDataException(
-                $"{path}: a teacher must be a float network (`bnn train --float`) with {classes} classes; it is " +
-                $"{(header.Float ? "a float network" : "a binary network")} ({header.Arch} ×{header.Width}) with {header.Classes} classes");
+            var header = Checkpoint.ReadHeader(path);
+            if (!header.Float || header.Classes != classes || header.Dataset != dataset)
+            {
+                throw new BnnDataException(
+                    $"{path}: a teacher must be a float network (`bnn train --float`) trained on {dataset} ({classes} classes); it is " +
+                    $"{(header.Float ? "a float network" : "a binary network")} ({header.Arch} ×{header.Width}) trained on {header.Dataset} ({header.Classes} classes)");
+            }
         }
-        return new Distillation(path, weight, temperature, channelsLast, bf16);
+        return new Distillation(paths, weight, temperature, channelsLast, bf16);
     }
 
     /// <summary>

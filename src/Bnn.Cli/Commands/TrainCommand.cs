@@ -28,7 +28,7 @@ internal static class TrainCommand
         var bf16 = new Option<bool?>("--bf16-convs") { Description = "multiply convs after the first, and run a --teacher, in bfloat16 while training (exact ±1 products; a --float twin's in mixed precision; float32 weights and evaluation; default: the resumed run's choice, else on, and either only where the CPU has bfloat16 dot products; a resume on a CPU without them runs in float32 and keeps the choice)" };
         var keepEpochs = new Option<bool>("--keep-epochs") { Description = "also keep each epoch's weights as M.epochNNN.ckpt (for `bnn average`)" };
         var isFloat = new Option<bool>("--float") { Description = "train the architecture's float twin (real weights, ReLU) as a distillation teacher; writes checkpoints, no model" };
-        var teacher = new Option<string?>("--teacher") { Description = "distill from this float network's checkpoint (from `bnn train --float`; any architecture with the same classes, e.g. airbench)" };
+        var teacher = new Option<string[]>("--teacher") { Description = "distill from this float network's checkpoint (from `bnn train --float`; any architecture trained on the same dataset, e.g. airbench); repeat it to distill from the ensemble's mean prediction; with --resume, replaces the run's teachers" };
         var distillWeight = new Option<double>("--distill-weight") { Description = "α: the teacher's share of the loss", DefaultValueFactory = _ => 0.5 };
         var distillTemperature = new Option<double>("--distill-temperature") { Description = "T: the softmax temperature of the teacher's term", DefaultValueFactory = _ => 4.0 };
         var augment = new Option<string?>("--augment") { Description = "training augmentation: crop-flip, flip or none (default: the resumed run's, else crop-flip for cifar10, none for svhn)" }
@@ -60,7 +60,7 @@ internal static class TrainCommand
                 Bf16BinaryConvs = parse.GetValue(bf16),
                 KeepEpochCheckpoints = parse.GetValue(keepEpochs),
                 Float = parse.GetValue(isFloat),
-                Teacher = parse.GetValue(teacher),
+                Teachers = parse.GetValue(teacher) ?? [],
                 DistillWeight = parse.GetValue(distillWeight),
                 DistillTemperature = parse.GetValue(distillTemperature),
                 Augmentation = parse.GetValue(augment) is string name ? AugmentationNames.All[name] : null,
@@ -75,11 +75,15 @@ internal static class TrainCommand
             {
                 throw new UsageException($"--resume: checkpoint {options.Resume} not found");
             }
-            if (options.Teacher is not null && !File.Exists(options.Teacher))
+            if (options.Teachers.FirstOrDefault(t => !File.Exists(t)) is string missing)
             {
-                throw new UsageException($"--teacher: checkpoint {options.Teacher} not found");
+                throw new UsageException($"--teacher: checkpoint {missing} not found");
             }
-            if (options.Float && options.Teacher is not null)
+            if (options.Teachers.Count != options.Teachers.Select(Path.GetFullPath).Distinct().Count())
+            {
+                throw new UsageException("--teacher: the same checkpoint is named twice (an ensemble's members must differ)");
+            }
+            if (options.Float && options.Teachers.Count > 0)
             {
                 throw new UsageException("--float trains a teacher; it cannot take --teacher");
             }

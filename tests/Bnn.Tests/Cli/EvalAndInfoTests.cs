@@ -137,7 +137,7 @@ public sealed class EvalAndInfoTests
     public void Train_SetupLine_NamesWhatTheRunWillDo_WithTheResumedChoices()
     {
         var fresh = new Bnn.Training.TrainSetup("cnv", 1, false, "cifar10", 45000, 5000, 100, 0, 300, 2e-3, 0,
-            Bnn.Training.Augmentation.CropFlip, true, true, null, null, null, false);
+            Bnn.Training.Augmentation.CropFlip, true, true, [], null, null, false);
         Assert.Equal(
             "cnv ×1 on cifar10: 45,000 training and 5,000 validation images, batch 100; epochs 1-300, learning rate 2e-3 " +
             "cosine-annealed over epochs 1-300; augmentation crop-flip; channels-last, binary convs in bfloat16",
@@ -146,7 +146,7 @@ public sealed class EvalAndInfoTests
         var resumed = fresh with
         {
             Width = 0.5, CompletedEpochs = 82, CycleStart = 80, LearningRate = 1e-4, Augmentation = Bnn.Training.Augmentation.Flip,
-            ChannelsLast = false, Bf16BinaryConvs = false, Teacher = "/ckpt/teacher.best.ckpt", DistillWeight = 0.5, DistillTemperature = 4,
+            ChannelsLast = false, Bf16BinaryConvs = false, Teachers = ["/ckpt/teacher.best.ckpt"], DistillWeight = 0.5, DistillTemperature = 4,
         };
         Assert.Equal(
             "cnv ×0.5 on cifar10: 45,000 training and 5,000 validation images, batch 100; epochs 83-300, learning rate 1e-4 " +
@@ -154,6 +154,11 @@ public sealed class EvalAndInfoTests
             "/ckpt/teacher.best.ckpt (α 0.5, T 4), teacher in float32",
             resumed.Describe());
         Assert.EndsWith("(α 0.5, T 4), teacher in bfloat16", (resumed with { TeacherInBf16 = true }).Describe(), StringComparison.Ordinal);
+        Assert.EndsWith(
+            "distilling from /ckpt/a.ckpt (validation 88.22 %), /ckpt/b.ckpt (validation 87.12 %) and /ckpt/c.ckpt (validation 80.00 %), " +
+            "their mean 89.60 % (α 0.5, T 4), teachers in float32",
+            (resumed with { Teachers = ["/ckpt/a.ckpt", "/ckpt/b.ckpt", "/ckpt/c.ckpt"], TeacherAccuracy = new([0.8822, 0.8712, 0.8], 0.896) }).Describe(),
+            StringComparison.Ordinal);
         Assert.StartsWith("cnv ×1 (float twin) on cifar10: 45,000 training and 5,000 validation images, batch 100; all 300 epochs done,",
             (fresh with { Float = true, CompletedEpochs = 300 }).Describe(), StringComparison.Ordinal);
     }

@@ -38,6 +38,43 @@ public sealed class CheckpointReportTests
     }
 
     [Fact]
+    public void Teachers_AreReadFromTheOldSingleTeacherField_AndWrittenOnlyAsAList()
+    {
+        // Given a header as checkpoints wrote it before ensembles, and one with two teachers
+        var old = Header(completed: 1, epochs: 2, optimizerState: false) with { Teacher = "/ckpt/teacher.best.ckpt" };
+        var ensemble = Header(completed: 1, epochs: 2, optimizerState: false) with
+        {
+            Teachers = ["/ckpt/a.ckpt", "/ckpt/b.ckpt"], DistillWeight = 0.5, DistillTemperature = 4,
+        };
+
+        // When each goes through a checkpoint's header bytes
+        var oldBack = RoundTrip(old, out _);
+        var ensembleBack = RoundTrip(ensemble, out var json);
+
+        // Then both name their teachers, the new one writes the list alone, and the report names every teacher
+        Assert.Equal(["/ckpt/teacher.best.ckpt"], oldBack.TeacherPaths);
+        Assert.Equal(["/ckpt/a.ckpt", "/ckpt/b.ckpt"], ensembleBack.TeacherPaths);
+        Assert.DoesNotContain("\"Teacher\"", json, StringComparison.Ordinal);
+        Assert.DoesNotContain("TeacherPaths", json, StringComparison.Ordinal);
+        Assert.Empty(Header(completed: 1, epochs: 2, optimizerState: false).TeacherPaths);
+        Assert.Contains("; distilling from /ckpt/a.ckpt and /ckpt/b.ckpt (α 0.5, T 4)", new CheckpointReport(ensembleBack).Describe(lastEpochs: 0),
+            StringComparison.Ordinal);
+    }
+
+    private static CheckpointHeader RoundTrip(CheckpointHeader header, out string json)
+    {
+        using var stream = new MemoryStream();
+        using (var writer = new BinaryWriter(stream, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            Checkpoint.WriteHeader(writer, header, pack: false);
+        }
+        json = System.Text.Encoding.UTF8.GetString(stream.ToArray());
+        stream.Position = 0;
+        using var reader = new BinaryReader(stream);
+        return Checkpoint.ReadHeader(reader, "header", pack: false);
+    }
+
+    [Fact]
     public void Rate_KeepsThreeSignificantDigits_AtEveryScale()
     {
         Assert.Equal(["2e-3", "1.22e-3", "4.5e-7", "1e0"], new[] { 2e-3, 1.2235e-3, 4.5e-7, 1.0 }.Select(CheckpointReport.Rate));

@@ -81,15 +81,15 @@ public sealed class DistillationTests
         var ce = nn.functional.cross_entropy(student, y).item<float>();
 
         // α = 0 is cross-entropy alone; a student equal to its teacher has no soft loss
-        Assert.Equal(ce, Distillation.Loss(student, teacher, y, 0, 4).item<float>(), 5);
-        Assert.Equal(0f, Distillation.Loss(teacher, teacher, y, 1, 4).item<float>(), 5);
+        Assert.Equal(ce, Distillation.Loss(student, (teacher / 4).log_softmax(1), y, 0, 4).item<float>(), 5);
+        Assert.Equal(0f, Distillation.Loss(teacher, (teacher / 4).log_softmax(1), y, 1, 4).item<float>(), 5);
 
         // Otherwise the soft term is T²·mean over images of Σ p_t (log p_t − log p_s), at temperature T
         double t = 3;
         var pt = (teacher / t).softmax(1);
         var kl = (pt * ((teacher / t).log_softmax(1) - (student / t).log_softmax(1))).sum(1).mean().item<float>();
         double expected = (0.25 * ce) + (0.75 * t * t * kl);
-        Assert.Equal(expected, Distillation.Loss(student, teacher, y, 0.75, t).item<float>(), 4);
+        Assert.Equal(expected, Distillation.Loss(student, (teacher / t).log_softmax(1), y, 0.75, t).item<float>(), 4);
     }
 
     [Fact]
@@ -110,18 +110,18 @@ public sealed class DistillationTests
 
         // When a BNN distills from it in bfloat16, then resumes in float32 (the teacher is remembered by the checkpoint)
         var setups = new List<TrainSetup>();
-        var student = Trainer.Train(options with { Teacher = teacher.BestCheckpointPath, DistillWeight = 0.7, DistillTemperature = 2, Bf16BinaryConvs = true },
+        var student = Trainer.Train(options with { Teachers = [teacher.BestCheckpointPath], DistillWeight = 0.7, DistillTemperature = 2, Bf16BinaryConvs = true },
             started: setups.Add);
         var resumed = Trainer.Train(options with { Epochs = 2, Resume = student.CheckpointPath, Bf16BinaryConvs = false }, started: setups.Add);
 
         // Then the teacher ran in the student's precision each time, and the resume kept the distillation settings
         Assert.Equal([(true, true), (false, false)], setups.Select(s => (s.Bf16BinaryConvs, s.TeacherInBf16)));
-        Assert.All(setups, s => Assert.Equal((teacher.BestCheckpointPath, 0.7, 2.0), (s.Teacher, s.DistillWeight!.Value, s.DistillTemperature!.Value)));
+        Assert.All(setups, s => Assert.Equal((teacher.BestCheckpointPath, 0.7, 2.0), (Assert.Single(s.Teachers), s.DistillWeight!.Value, s.DistillTemperature!.Value)));
         Assert.Equal([0, 1], setups.Select(s => s.CompletedEpochs));
 
         // And the student records its teacher, and the engine reproduces its exported model exactly
         var header = Checkpoint.ReadHeader(resumed.CheckpointPath);
-        Assert.Equal(teacher.BestCheckpointPath, header.Teacher);
+        Assert.Equal([teacher.BestCheckpointPath], header.TeacherPaths);
         Assert.Equal((0.7, 2.0), (header.DistillWeight, header.DistillTemperature));
         Assert.Equal(2, resumed.History.Count);
         using var net = Exporter.LoadNetwork(resumed.BestCheckpointPath);
@@ -131,8 +131,8 @@ public sealed class DistillationTests
         var missing = Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Epochs = 3, Resume = resumed.CheckpointPath }));
         Assert.Contains($"distilled from {teacher.BestCheckpointPath}, which is not there", missing.Message, StringComparison.Ordinal);
         Assert.Contains("--teacher", missing.Message, StringComparison.Ordinal);
-        var moved = Trainer.Train(options with { Epochs = 3, Resume = resumed.CheckpointPath, Teacher = dir.File("moved-teacher.ckpt") });
-        Assert.Equal(dir.File("moved-teacher.ckpt"), Checkpoint.ReadHeader(moved.CheckpointPath).Teacher);
+        var moved = Trainer.Train(options with { Epochs = 3, Resume = resumed.CheckpointPath, Teachers = [dir.File("moved-teacher.ckpt")] });
+        Assert.Equal([dir.File("moved-teacher.ckpt")], Checkpoint.ReadHeader(moved.CheckpointPath).TeacherPaths);
     }
 
     [Fact]
@@ -178,8 +178,8 @@ public sealed class DistillationTests
         using var dir = new TempDirectory();
         var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 44, seed: 13, batches: 2);
         var teacher = Trainer.Train(options with { Float = true, Out = dir.File("teacher.bnn") });
-        using var exact = new Distillation(teacher.BestCheckpointPath, 0.5, 4, channelsLast: true, bf16: false);
-        using var rounded = new Distillation(teacher.BestCheckpointPath, 0.5, 4, channelsLast: true, bf16: true);
+        using var exact = new Distillation([teacher.BestCheckpointPath], 0.5, 4, channelsLast: true, bf16: false);
+        using var rounded = new Distillation([teacher.BestCheckpointPath], 0.5, 4, channelsLast: true, bf16: true);
 
         // When both score the same pixel codes
         using var scope = NewDisposeScope();
@@ -197,13 +197,85 @@ public sealed class DistillationTests
     }
 
     [Fact]
+    public void Ensemble_TeachesTheMeanOfItsMembersSoftenedPredictions_AndReportsEachMembersValidationAccuracy()
+    {
+        // Given two float teachers of different architectures
+        using var dir = new TempDirectory();
+        var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 45, seed: 14, batches: 2) with { Bf16BinaryConvs = false };
+        var twin = Trainer.Train(options with { Float = true, Out = dir.File("twin.bnn") });
+        var airbench = Trainer.Train(options with { Arch = "airbench", Float = true, Out = dir.File("airbench.bnn") });
+        string[] both = [twin.BestCheckpointPath, airbench.BestCheckpointPath];
+
+        // When they teach as an ensemble at T = 3
+        using var ensemble = new Distillation(both, 0.5, 3, channelsLast: true, bf16: false);
+        using var alone = new Distillation([airbench.BestCheckpointPath], 0.5, 3, channelsLast: true, bf16: false);
+        using (var scope = NewDisposeScope())
+        {
+            manual_seed(8);
+            var x = randint(0, 256, [6, 3, 32, 32]).to(float32);
+
+            // Then the target is log((softmax(t₁/3) + softmax(t₂/3)) / 2), and one teacher's is its own log-softmax
+            var mean = ((ensemble.TeacherLogits(x, 0) / 3).softmax(1) + (ensemble.TeacherLogits(x, 1) / 3).softmax(1)) / 2;
+            Assert.True(ensemble.TargetLogProbabilities(x).allclose(mean.log(), rtol: 1e-5, atol: 1e-6));
+            Assert.True(alone.TargetLogProbabilities(x).eq((alone.TeacherLogits(x) / 3).log_softmax(1)).all().item<bool>());
+        }
+
+        // And each member's accuracy is its eval-mode accuracy on the set, the ensemble's that of its target's argmax
+        var validation = Datasets.HoldOut(Datasets.Load("cifar10", dir.Path, "train"), options.ValidationCount).Validation;
+        var accuracy = ensemble.Accuracy(validation);
+        for (int i = 0; i < both.Length; i++)
+        {
+            using var teacher = Exporter.LoadNetwork(both[i], channelsLast: true);
+            Assert.Equal(Trainer.Evaluate(teacher, validation).Accuracy, accuracy.Each[i], 12);
+        }
+        Assert.InRange(accuracy.Together, 0, 1);
+
+        // When a student distills from the ensemble, then resumes without naming it
+        var setups = new List<TrainSetup>();
+        var student = Trainer.Train(options with { Out = dir.File("taught.bnn"), Teachers = both }, started: setups.Add);
+        var resumed = Trainer.Train(options with { Out = dir.File("taught.bnn"), Epochs = 2, Resume = student.CheckpointPath }, started: setups.Add);
+        var single = Trainer.Train(options with { Out = dir.File("single.bnn"), Teachers = [airbench.BestCheckpointPath] });
+
+        // Then both runs name both teachers with their accuracies, the checkpoint records them, and the ensemble
+        // taught differently from its member alone
+        Assert.All(setups, s => Assert.Equal(both, s.Teachers));
+        Assert.All(setups, s => Assert.Equal(accuracy.Each, s.TeacherAccuracy!.Each));
+        Assert.All(setups, s => Assert.Equal(accuracy.Together, s.TeacherAccuracy!.Together));
+        Assert.Contains(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"distilling from {both[0]} (validation {accuracy.Each[0]:P2}) and {both[1]} (validation {accuracy.Each[1]:P2}), their mean {accuracy.Together:P2}"),
+            setups[0].Describe(), StringComparison.Ordinal);
+        Assert.Equal(both, Checkpoint.ReadHeader(resumed.CheckpointPath).Teachers);
+        Assert.NotEqual(single.History[0].TrainLoss, student.History[0].TrainLoss);
+    }
+
+    [Fact]
+    public void Train_RefusesATeacherOfAnotherDataset_AndTheSameTeacherTwice()
+    {
+        // Given a float teacher trained on SVHN images with CIFAR-10's ten classes
+        using var dir = new TempDirectory();
+        var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 46, seed: 15, batches: 1) with { Bf16BinaryConvs = false };
+        File.WriteAllBytes(dir.File("train_32x32.mat"), Bnn.Tests.Data.MatWriter.Svhn(Datasets.Load("cifar10", dir.Path, "train"), compress: false));
+        var svhn = Trainer.Train(options with { Dataset = "svhn", Float = true, Out = dir.File("svhn.bnn") });
+
+        // Then a CIFAR-10 student refuses it, saying what it is
+        var error = Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Teachers = [svhn.BestCheckpointPath] }));
+        Assert.Contains("trained on cifar10 (10 classes); it is a float network (cnv ×0.125) trained on svhn (10 classes)", error.Message, StringComparison.Ordinal);
+
+        // And the command line refuses one teacher named twice
+        var (code, _, stderr) = Bnn.Tests.Cli.CliRunner.Run("train", "--arch", "cnv", "--dataset", "cifar10", "--data", dir.Path, "--epochs", "1",
+            "--out", dir.File("twice.bnn"), "--teacher", svhn.BestCheckpointPath, "--teacher", svhn.BestCheckpointPath);
+        Assert.Equal(Bnn.Cli.BnnApp.UsageError, code);
+        Assert.Contains("named twice", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Train_RefusesABinaryNetworkAsTeacher()
     {
         using var dir = new TempDirectory();
         var options = TrainingTests.TinyCnv(dir, perBatch: 100, dataSeed: 43, seed: 12, batches: 1);
         var binary = Trainer.Train(options with { Out = dir.File("binary.bnn") });
 
-        var error = Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Teacher = binary.CheckpointPath }));
+        var error = Assert.Throws<BnnDataException>(() => Trainer.Train(options with { Teachers = [binary.CheckpointPath] }));
         Assert.Contains("must be a float network", error.Message, StringComparison.Ordinal);
         Assert.Contains("it is a binary network (cnv ×0.125)", error.Message, StringComparison.Ordinal);
     }
@@ -220,12 +292,12 @@ public sealed class DistillationTests
         // When the student trains with and without it (same seed, same batches)
         var alone = Trainer.Train(options with { Out = dir.File("alone.bnn") });
         TrainSetup? setup = null;
-        var taught = Trainer.Train(options with { Out = dir.File("taught.bnn"), Teacher = teacher.BestCheckpointPath, DistillWeight = 0.9 },
+        var taught = Trainer.Train(options with { Out = dir.File("taught.bnn"), Teachers = [teacher.BestCheckpointPath], DistillWeight = 0.9 },
             started: s => setup = s);
 
         // Then the run names its teacher and records it, and the teacher changed what the student learned
-        Assert.Equal(teacher.BestCheckpointPath, setup!.Teacher);
-        Assert.Equal(teacher.BestCheckpointPath, Checkpoint.ReadHeader(taught.CheckpointPath).Teacher);
+        Assert.Equal([teacher.BestCheckpointPath], setup!.Teachers);
+        Assert.Equal([teacher.BestCheckpointPath], Checkpoint.ReadHeader(taught.CheckpointPath).Teachers);
         Assert.NotEqual(alone.History[0].TrainLoss, taught.History[0].TrainLoss);
         Assert.NotEqual(File.ReadAllBytes(dir.File("alone.bnn")), File.ReadAllBytes(dir.File("taught.bnn")));
     }
