@@ -14,7 +14,6 @@ namespace Bnn.Training;
 /// </summary>
 internal sealed class Distillation : IDisposable
 {
-    private const int EvalBatch = 500;
     private readonly BinaryNetwork[] teachers;
 
     /// <param name="teacherCheckpoints">One or more float networks' checkpoints, averaged as an ensemble.</param>
@@ -118,22 +117,15 @@ internal sealed class Distillation : IDisposable
         }
         var correct = new long[teachers.Length];
         long together = 0;
-        for (int start = 0; start < set.Count; start += EvalBatch)
+        Trainer.ForEachEvalBatch(set, (_, x, y) =>
         {
-            using var scope = NewDisposeScope();
-            int n = Math.Min(EvalBatch, set.Count - start);
-            var input = new float[n * set.ImageSize];
-            var labels = new long[n];
-            Trainer.FillBatch(set, Enumerable.Range(start, n).ToArray(), null, input, labels);
-            var x = tensor(input, [n, set.Channels, set.Height, set.Width]);
-            var y = tensor(labels);
             var logits = Enumerable.Range(0, teachers.Length).Select(i => TeacherLogits(x, i)).ToArray();
             for (int i = 0; i < teachers.Length; i++)
             {
                 correct[i] += logits[i].argmax(1).eq(y).sum().item<long>();
             }
             together += Target(logits).argmax(1).eq(y).sum().item<long>();
-        }
+        });
         return new TeacherAccuracy([.. correct.Select(c => (double)c / set.Count)], (double)together / set.Count);
     }
 

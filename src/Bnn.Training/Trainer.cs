@@ -317,19 +317,14 @@ public static class Trainer
         {
             using var _ = no_grad();
             var predictions = new int[set.Count];
-            for (int start = 0; start < set.Count; start += EvalBatch)
+            ForEachEvalBatch(set, (start, x, _) =>
             {
-                using var scope = torch.NewDisposeScope();
-                int n = Math.Min(EvalBatch, set.Count - start);
-                var input = new float[n * set.ImageSize];
-                FillBatch(set, Enumerable.Range(start, n).ToArray(), null, input, new long[n]);
-                var x = tensor(input, [n, set.Channels, set.Height, set.Width]).to(dtype);
-                var p = net.forward(x).argmax(1).data<long>().ToArray();
-                for (int i = 0; i < n; i++)
+                var p = net.forward(x.to(dtype)).argmax(1).data<long>().ToArray();
+                for (int i = 0; i < p.Length; i++)
                 {
                     predictions[start + i] = (int)p[i];
                 }
-            }
+            });
             return predictions;
         }
         finally
@@ -383,6 +378,21 @@ public static class Trainer
         using var _ = no_grad();
         double lossSum = 0;
         long correct = 0;
+        ForEachEvalBatch(set, (_, x, y) =>
+        {
+            var logits = net.forward(x);
+            lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
+            correct += logits.argmax(1).eq(y).sum().item<long>();
+        });
+        return (lossSum / set.Count, (double)correct / set.Count);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/> on <paramref name="set"/> in order, in batches of pixel codes and labels (with the
+    /// index of the batch's first image), each in its own dispose scope (the tensors do not outlive the call).
+    /// </summary>
+    internal static void ForEachEvalBatch(ImageSet set, Action<int, Tensor, Tensor> body)
+    {
         for (int start = 0; start < set.Count; start += EvalBatch)
         {
             using var scope = torch.NewDisposeScope();
@@ -390,13 +400,8 @@ public static class Trainer
             var input = new float[n * set.ImageSize];
             var labels = new long[n];
             FillBatch(set, Enumerable.Range(start, n).ToArray(), null, input, labels);
-            var x = tensor(input, [n, set.Channels, set.Height, set.Width]);
-            var y = tensor(labels);
-            var logits = net.forward(x);
-            lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
-            correct += logits.argmax(1).eq(y).sum().item<long>();
+            body(start, tensor(input, [n, set.Channels, set.Height, set.Width]), tensor(labels));
         }
-        return (lossSum / set.Count, (double)correct / set.Count);
     }
 
     /// <summary>
