@@ -8,8 +8,9 @@ namespace Bnn.Training;
 /// <summary>
 /// A trainable BNN built from an architecture's <see cref="LayerSpec"/> list. Every stage binarizes its weights with
 /// <see cref="SteSign"/>; conv and hidden dense stages end in batch norm then sign, so that the engine can fold each
-/// into an integer threshold. Pooling follows the sign (max over ±1 is an OR), which keeps pool-then-threshold
-/// ordering questions out of the exported model.
+/// into an integer threshold. The engine pools after the sign (max over ±1 is an OR); training may pool there too,
+/// or, as BinaryNet does, on the conv's sums before batch norm (<see cref="PoolBeforeNorm"/>), which the engine
+/// reproduces exactly as long as that batch norm's scale is ≥ 0.
 /// </summary>
 internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
 {
@@ -17,10 +18,11 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
 
     public BinaryNetwork(
         IReadOnlyList<LayerSpec> specs, int inChannels = 3, int binaryPadValue = 1, int inputSize = 32, bool channelsLast = false,
-        bool bf16Convs = false, bool binarized = true)
+        bool bf16Convs = false, bool binarized = true, bool poolBeforeNorm = false)
         : base(nameof(BinaryNetwork))
     {
         Specs = specs;
+        PoolBeforeNorm = poolBeforeNorm;
         ChannelsLast = channelsLast;
         Binarized = binarized;
         Bf16Convs = bf16Convs;
@@ -29,18 +31,21 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         int features = -1;
         int side = inputSize;
         bool first = true;
-        foreach (var spec in specs)
+        for (int i = 0; i < specs.Count; i++)
         {
-            switch (spec)
+            switch (specs[i])
             {
                 case ConvSpec c:
-                    stages.Add(new ConvStage(channels, c, first, binaryPadValue, channelsLast, Bf16Convs, binarized));
+                    int pool = poolBeforeNorm && i + 1 < specs.Count && specs[i + 1] is PoolSpec next ? next.Size : 0;
+                    stages.Add(new ConvStage(channels, c, first, binaryPadValue, channelsLast, Bf16Convs, binarized, pool));
                     channels = c.OutChannels;
                     side = ((side + (2 * c.Padding) - c.Kernel) / c.Stride) + 1;
                     first = false;
                     break;
                 case PoolSpec p:
-                    stages.Add(nn.MaxPool2d(p.Size));
+                    // A pool the conv stage before it already took keeps its place as a no-op, so that stage i stays
+                    // spec i and both orders share parameter names: a checkpoint loads into either.
+                    stages.Add(stages.Count > 0 && stages[^1] is ConvStage { PoolSize: > 0 } ? new PooledInConvStage() : nn.MaxPool2d(p.Size));
                     side /= p.Size;
                     break;
                 case DenseSpec d:
@@ -51,13 +56,28 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
                     stages.Add(new OutputStage(features < 0 ? channels * side * side : features, o.Classes, binarized));
                     break;
                 default:
-                    throw new ArgumentException($"unsupported layer spec {spec}");
+                    throw new ArgumentException($"unsupported layer spec {specs[i]}");
             }
         }
         RegisterComponents();
     }
 
     public IReadOnlyList<LayerSpec> Specs { get; }
+
+    /// <summary>
+    /// Whether a conv followed by a pool pools its sums before batch norm and the sign (BinaryNet's order: conv, pool,
+    /// batch norm, sign) rather than pooling the signs. Max-pool routes the gradient to one position per window: here
+    /// the one with the largest sum, not the first of the tied +1 signs; and batch norm normalizes the pooled values
+    /// that the sign thresholds, not the per-position ones, whose OR over a window is mostly +1.
+    /// <para>
+    /// The engine keeps one order, thresholds then OR. The two agree exactly when the threshold is non-decreasing in
+    /// the sum, that is when batch norm's scale γ ≥ 0: for a non-decreasing f, f(max x) = max f(x). A negative γ would
+    /// turn the pool into an AND, so training clamps the pooled stages' γ at 0 (<see cref="ClipAfterStep"/>); that
+    /// loses nothing, since (w, γ, μ) → (−w, −γ, −μ) leaves batch norm's output unchanged
+    /// (<see cref="MovePoolsBeforeNorm"/>).
+    /// </para>
+    /// </summary>
+    public bool PoolBeforeNorm { get; }
 
     /// <summary>
     /// Whether convs run on channels-last (NHWC-strided) tensors. Results are the same: every sum is of integers
@@ -129,8 +149,11 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     /// </summary>
     internal static Tensor ToChannelsLast(Tensor x) => x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
 
-    /// <summary>Keeps latent binary weights in [−1, 1], as BinaryNet does after each update.</summary>
-    public void ClipLatentWeights()
+    /// <summary>
+    /// Keeps latent binary weights in [−1, 1], as BinaryNet does after each update, and the batch-norm scale of a
+    /// stage that pools before it ≥ 0 (<see cref="PoolBeforeNorm"/>).
+    /// </summary>
+    public void ClipAfterStep()
     {
         if (!Binarized)
         {
@@ -141,6 +164,59 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         {
             weight.clamp_(-1.0, 1.0);
         }
+        foreach (var stage in PooledConvStages)
+        {
+            stage.Norm.weight!.clamp_(min: 0.0);
+        }
+    }
+
+    private IEnumerable<ConvStage> PooledConvStages => stages.OfType<ConvStage>().Where(c => c.PoolSize > 0);
+
+    /// <summary>
+    /// Turns weights trained with pooling after the sign into weights for this network's pool-before-norm order that
+    /// compute the same in evaluation: in each pooled stage, every channel with γ &lt; 0 gets (w, γ, μ) → (−w, −γ, −μ),
+    /// which leaves batch norm's output, and so the signs and their OR, unchanged; with γ ≥ 0 thresholding commutes
+    /// with the max. Adam's first moments of those values flip with them. Returns the number of channels flipped.
+    /// <para>Only for weights trained in the other order: in this order a negative γ pools as an AND, and flipping it
+    /// would make it an OR.</para>
+    /// </summary>
+    internal int MovePoolsBeforeNorm(Adam? optimizer)
+    {
+        if (!PoolBeforeNorm || !Binarized)
+        {
+            throw new InvalidOperationException("only a binary network that pools before batch norm takes weights from the other order");
+        }
+        using var _ = no_grad();
+        var parameters = this.parameters().ToList();
+        var states = optimizer?.state_dict().State.Cast<Adam.State>().ToList();
+        int flipped = 0;
+        foreach (var stage in PooledConvStages)
+        {
+            using var scope = NewDisposeScope();
+            var gamma = stage.Norm.weight!;
+            var negative = gamma.lt(0);
+            int count = (int)negative.sum().item<long>();
+            if (count == 0)
+            {
+                continue;
+            }
+            flipped += count;
+            var channelSign = where(negative, -1.0f, 1.0f);
+            var rowSign = channelSign.view(-1, 1, 1, 1);
+            var w = stage.Weight;
+            // sign(0) = +1 = sign(−0): a latent weight of exactly 0 in a flipped row must become negative (here by one
+            // step of a pack's fixed point).
+            var zeroInFlippedRow = w.eq(0).logical_and(negative.view(-1, 1, 1, 1));
+            w.mul_(rowSign).masked_fill_(zeroInFlippedRow, -1.0 / 32767);
+            gamma.mul_(channelSign);
+            stage.Norm.running_mean!.mul_(channelSign);
+            if (states is not null)
+            {
+                states[parameters.IndexOf(w)].exp_avg.mul_(rowSign);
+                states[parameters.IndexOf(gamma)].exp_avg.mul_(channelSign);
+            }
+        }
+        return flipped;
     }
 
     /// <summary>Scales every conv, dense and output weight by <paramref name="factor"/> (decoupled weight decay); batch norm and the output temperature are left alone.</summary>
@@ -182,9 +258,10 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         private readonly bool signsInBf16;
         private readonly bool binarized;
 
-        public ConvStage(int inChannels, ConvSpec spec, bool first, int padValue, bool channelsLast = false, bool bf16 = false, bool binarized = true)
+        public ConvStage(int inChannels, ConvSpec spec, bool first, int padValue, bool channelsLast = false, bool bf16 = false, bool binarized = true, int poolSize = 0)
             : base(nameof(ConvStage))
         {
+            PoolSize = poolSize;
             this.binarized = binarized;
             this.channelsLast = channelsLast;
             // The first layer sees pixel codes, whose sums reach 255·k·k·C: keep them exact in float32. Its signs
@@ -210,6 +287,9 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
 
         public BatchNorm2d Norm => bn;
 
+        /// <summary>The max-pool this stage applies to its sums before batch norm (<see cref="PoolBeforeNorm"/>); 0 for none.</summary>
+        public int PoolSize { get; }
+
         public override Tensor forward(Tensor x)
         {
             var w = StageWeights(weight, binarized);
@@ -225,6 +305,10 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
                 p = 0;
             }
             var y = Convolve(x, w, Spec.Stride, p, MultipliesInBf16);
+            if (PoolSize > 0)
+            {
+                y = nn.functional.max_pool2d(y, PoolSize);
+            }
             return Activate(bn.forward(y), binarized, MakesSignsInBf16 ? bfloat16 : null);
         }
 
@@ -238,6 +322,17 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
         internal static Tensor Convolve(Tensor x, Tensor w, long stride, long padding, bool inBf16) => inBf16
             ? nn.functional.conv2d(x.to(bfloat16), w.to(bfloat16), null, [stride, stride], [padding, padding])
             : nn.functional.conv2d(x, w, null, [stride, stride], [padding, padding]);
+    }
+
+    /// <summary>Stands where a pool was when the conv stage before it pools (<see cref="PoolBeforeNorm"/>).</summary>
+    internal sealed class PooledInConvStage : nn.Module<Tensor, Tensor>
+    {
+        public PooledInConvStage()
+            : base(nameof(PooledInConvStage))
+        {
+        }
+
+        public override Tensor forward(Tensor x) => x;
     }
 
     internal sealed class DenseStage : nn.Module<Tensor, Tensor>, IBinaryWeights

@@ -56,6 +56,8 @@ internal sealed record CheckpointHeader
     /// run in float32 and keeps the choice); null in checkpoints written before this was recorded.
     /// </summary>
     public bool? Bf16BinaryConvs { get; init; }
+    /// <summary>Whether the run pools before batch norm (<see cref="BinaryNetwork.PoolBeforeNorm"/>); null in checkpoints written before it was an option (after the sign).</summary>
+    public bool? PoolBeforeNorm { get; init; }
     /// <summary>The run's decoupled weight decay (<see cref="TrainOptions.WeightDecay"/>); null in checkpoints written before it was an option (none).</summary>
     public double? WeightDecay { get; init; }
     /// <summary>True in a <see cref="CheckpointPack"/>: latent binary weights in 16-bit fixed point (a float twin's in float32), of Adam's state only its steps and second moments.</summary>
@@ -146,7 +148,7 @@ internal static class Checkpoint
     /// <summary>A network of the architecture a header describes, with its initial weights.</summary>
     internal static BinaryNetwork NetworkFor(CheckpointHeader header, bool channelsLast = false) =>
         new(Architectures.Build(header.Arch, header.Width, header.Classes), binaryPadValue: header.BinaryPadValue,
-            channelsLast: channelsLast, binarized: !header.Float);
+            channelsLast: channelsLast, binarized: !header.Float, poolBeforeNorm: header.PoolBeforeNorm ?? false);
 
     /// <summary>Writes the magic of a checkpoint or of a pack, then the header as length-prefixed JSON.</summary>
     internal static void WriteHeader(BinaryWriter writer, CheckpointHeader header, bool pack)

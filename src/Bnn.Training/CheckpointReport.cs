@@ -34,7 +34,7 @@ public sealed class CheckpointReport
     {
         var inv = CultureInfo.InvariantCulture;
         var text = new StringBuilder();
-        text.Append(TrainSetup.Network(h.Arch, h.Width, h.Float, h.Dataset)).Append(inv, $", seed {h.Seed}, batch {h.BatchSize}, ")
+        text.Append(TrainSetup.Network(h.Arch, h.Width, h.Float, h.Dataset, h.PoolBeforeNorm ?? false)).Append(inv, $", seed {h.Seed}, batch {h.BatchSize}, ")
             .Append(inv, $"{h.ValidationCount:N0} validation images");
         if (h.TeacherPaths.Count > 0)
         {
@@ -50,7 +50,9 @@ public sealed class CheckpointReport
         }
         text.Append(inv, $"; augmentation {AugmentationNames.Of(h.TrainingAugmentation)}; ")
             .AppendLine(h.ChannelsLast is bool cl && h.Bf16BinaryConvs is bool bf16
-                ? TrainSetup.LayoutAndPrecision(cl, bf16, h.Float)
+                // The header keeps the run's choice, not what each host did with it: say so, or a run resumed on a
+                // host without bfloat16 would read as if it had multiplied in bfloat16 there.
+                ? TrainSetup.LayoutAndPrecision(cl, bf16, h.Float) + (bf16 ? " where the host has it" : "")
                 : "layout and precision not recorded (a checkpoint from before they were)");
 
         text.Append(h.BestEpoch > 0

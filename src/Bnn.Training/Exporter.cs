@@ -37,12 +37,18 @@ public static class Exporter
             {
                 case BinaryNetwork.ConvStage c:
                 {
+                    if (c.PoolSize > 0 && c.Norm.weight!.lt(0).any().item<bool>())
+                    {
+                        // Pooling then thresholding is an OR of thresholds only while the threshold rises with the sum.
+                        throw new BnnDataException(
+                            $"{source}: conv stage {layers.Count} pools before a batch norm with a negative scale, which the engine's OR pool cannot reproduce");
+                    }
                     var shape = c.Weight.shape;
                     layers.Add(new ConvLayer((int)shape[0], (int)shape[1], (int)shape[2], (int)shape[3], c.Spec.Stride, c.Spec.Padding,
                         c.PadValue, c.IsFirst, Signs(c.Weight), Norm(c.Norm.weight!, c.Norm.bias!, c.Norm.running_mean!, c.Norm.running_var!, c.Norm.eps)));
                     break;
                 }
-                case MaxPool2d:
+                case MaxPool2d or BinaryNetwork.PooledInConvStage:
                     layers.Add(new MaxPoolLayer(PoolSize(net, layers.Count)));
                     break;
                 case BinaryNetwork.DenseStage d:

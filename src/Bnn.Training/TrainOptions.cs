@@ -137,6 +137,14 @@ public sealed record TrainOptions
     /// toward their sign flips.
     /// </summary>
     public double? WeightDecay { get; init; }
+
+    /// <summary>
+    /// Pool each conv's sums before batch norm and the sign, as BinaryNet does, instead of pooling the signs
+    /// (<c>BinaryNetwork.PoolBeforeNorm</c>; the exported model is the same kind either way). Null keeps a resumed run's
+    /// order, or else pools after the sign. Resuming a run of the other order with true converts its weights exactly
+    /// (<c>BinaryNetwork.MovePoolsBeforeNorm</c>): the resumed network computes the same, and training goes on in this order.
+    /// </summary>
+    public bool? PoolBeforeNorm { get; init; }
 }
 
 /// <summary>
@@ -149,20 +157,26 @@ public sealed record TrainSetup(
     string Arch, double Width, bool Float, string Dataset, int TrainCount, int ValidationCount, int BatchSize,
     int CompletedEpochs, int Epochs, double LearningRate, int CycleStart, Augmentation Augmentation,
     bool ChannelsLast, bool Bf16BinaryConvs, IReadOnlyList<string> Teachers, double? DistillWeight, double? DistillTemperature, bool TeacherInBf16,
-    string? OptimizerNote = null, double WeightDecay = 0, TeacherAccuracy? TeacherAccuracy = null)
+    string? OptimizerNote = null, double WeightDecay = 0, TeacherAccuracy? TeacherAccuracy = null, bool PoolBeforeNorm = false,
+    int? ChannelsFlippedToPoolBeforeNorm = null)
 {
     /// <summary>One line for a log, starting with the architecture.</summary>
     public string Describe()
     {
         var epochs = CompletedEpochs < Epochs ? $"epochs {CompletedEpochs + 1}-{Epochs}" : $"all {Epochs} epochs done";
         var text = string.Create(CultureInfo.InvariantCulture,
-            $"{Network(Arch, Width, Float, Dataset)}: {TrainCount:N0} training and {ValidationCount:N0} validation " +
+            $"{Network(Arch, Width, Float, Dataset, PoolBeforeNorm)}: {TrainCount:N0} training and {ValidationCount:N0} validation " +
             $"images, batch {BatchSize}; {epochs}, {Schedule(LearningRate, CycleStart, Epochs, WeightDecay)}; " +
             $"augmentation {AugmentationNames.Of(Augmentation)}; {LayoutAndPrecision(ChannelsLast, Bf16BinaryConvs, Float)}");
         if (Teachers.Count > 0)
         {
             text = string.Create(CultureInfo.InvariantCulture,
                 $"{text}; {Distilling(Teachers, DistillWeight, DistillTemperature, TeacherAccuracy)}, {(Teachers.Count > 1 ? "teachers" : "teacher")} in {(TeacherInBf16 ? "bfloat16" : "float32")}");
+        }
+        if (ChannelsFlippedToPoolBeforeNorm is int flipped)
+        {
+            text = string.Create(CultureInfo.InvariantCulture,
+                $"{text}; pooling moved before batch norm from the resumed run's order, {flipped} channels' signs flipped to keep γ ≥ 0");
         }
         return OptimizerNote is null ? text : $"{text}; {OptimizerNote}";
     }
@@ -176,8 +190,9 @@ public sealed record TrainSetup(
     };
 
     // The phrases below are shared with CheckpointReport, so that a run's setup line and its checkpoint's description read alike.
-    internal static string Network(string arch, double width, bool isFloat, string dataset) =>
-        string.Create(CultureInfo.InvariantCulture, $"{arch} ×{width}{(isFloat ? " (float twin)" : "")} on {dataset}");
+    internal static string Network(string arch, double width, bool isFloat, string dataset, bool poolBeforeNorm) =>
+        string.Create(CultureInfo.InvariantCulture,
+            $"{arch} ×{width}{(isFloat ? " (float twin)" : "")}{(poolBeforeNorm ? ", pooling before batch norm" : "")} on {dataset}");
 
     internal static string Schedule(double learningRate, int cycleStart, int epochs, double weightDecay) =>
         string.Create(CultureInfo.InvariantCulture, $"learning rate {CheckpointReport.Rate(learningRate)} cosine-annealed over epochs {cycleStart + 1}-{epochs}") +

@@ -124,8 +124,9 @@ public static class Trainer
         // that its epochs stay comparable.
         bool channelsLast = options.ChannelsLast ?? resumed?.ChannelsLast ?? true;
         var (bf16, bf16Choice) = TrainOptions.ResolveBf16(options.Bf16BinaryConvs, resumed?.Bf16BinaryConvs, TrainOptions.CpuHasBf16DotProducts);
+        bool poolBeforeNorm = options.PoolBeforeNorm ?? resumed?.PoolBeforeNorm ?? false;
         using var net = new BinaryNetwork(Architectures.Build(arch, width, all.Classes), channelsLast: channelsLast,
-            bf16Convs: bf16, binarized: !isFloat);
+            bf16Convs: bf16, binarized: !isFloat, poolBeforeNorm: poolBeforeNorm);
         // As with the learning rate, a resumed run keeps the distillation settings it started with.
         using var distillation = teacherPaths.Count == 0 ? null : OpenTeachers(teacherPaths, options.Dataset, all.Classes,
             resumed?.DistillWeight ?? options.DistillWeight, resumed?.DistillTemperature ?? options.DistillTemperature, channelsLast, bf16);
@@ -136,6 +137,8 @@ public static class Trainer
         {
             Checkpoint.ReadState(options.Resume!, net, optimizer);
         }
+        // Into the other direction nothing changes: the resumed γ ≥ 0 already makes the two orders agree.
+        int? flipped = resumed is not null && poolBeforeNorm && resumed.PoolBeforeNorm != true && !isFloat ? net.MovePoolsBeforeNorm(optimizer) : null;
         int batches = train.Count / batchSize;
         if (options.MaxBatchesPerEpoch is int cap)
         {
@@ -149,7 +152,7 @@ public static class Trainer
             arch, width, isFloat, options.Dataset, train.Count, valCount, batchSize, resumed?.CompletedEpochs ?? 0, epochs, lr0, cycleStart,
             augmentation, net.ChannelsLast, net.Bf16Convs, teacherPaths, distillation?.Weight, distillation?.Temperature,
             distillation?.InBf16 ?? false, resumed is null ? null : TrainSetup.OptimizerResume(resumed.Packed, resumed.HasOptimizerState), weightDecay,
-            teacherAccuracy));
+            teacherAccuracy, poolBeforeNorm, flipped));
         var wall = Stopwatch.StartNew();
 
         var history = new List<EpochRecord>(resumed?.History ?? []);
@@ -190,7 +193,7 @@ public static class Trainer
                 History = history, HasOptimizerState = true, Float = isFloat, Teachers = teacherPaths.Count > 0 ? teacherPaths : null,
                 DistillWeight = distillation?.Weight, DistillTemperature = distillation?.Temperature,
                 CycleStart = cycleStart, Augmentation = augmentation, ChannelsLast = net.ChannelsLast, Bf16BinaryConvs = bf16Choice,
-                WeightDecay = weightDecay,
+                WeightDecay = weightDecay, PoolBeforeNorm = poolBeforeNorm,
             };
             if (valAccuracy > bestAccuracy)
             {
@@ -291,7 +294,7 @@ public static class Trainer
             optimizer.zero_grad();
             loss.backward();
             optimizer.step();
-            net.ClipLatentWeights();
+            net.ClipAfterStep();
             afterStep?.Invoke();
             lossSum += loss.item<float>();
             correct += logits.argmax(1).eq(y).sum().item<long>();

@@ -35,9 +35,10 @@ internal static class TrainCommand
             .AcceptOnlyFromAmong(AugmentationNames.All.Keys.ToArray());
         var restartLr = new Option<double?>("--restart-lr") { Description = "with --resume: start a new cosine cycle at this learning rate, annealed to 0 by --epochs" };
         var weightDecay = new Option<double?>("--weight-decay") { Description = "decoupled weight decay λ (AdamW: weights scaled by 1 − lr·λ after each step; e.g. 0.1 for a --float teacher); default: the resumed run's, else 0" };
+        var poolBeforeNorm = new Option<bool?>("--pool-before-norm") { Description = "pool each conv's sums before batch norm and the sign, as BinaryNet does, rather than the signs (the exported model is alike; default: the resumed run's order, else after the sign; resuming a run of the other order converts it exactly)" };
         var command = new Command("train", "Train a BNN with TorchSharp and write a bit-packed model file")
         {
-            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16, keepEpochs, isFloat, teacher, distillWeight, distillTemperature, augment, restartLr, weightDecay,
+            arch, width, dataset, data, epochs, output, resume, seed, threads, batch, lr, limit, maxBatches, channelsLast, bf16, keepEpochs, isFloat, teacher, distillWeight, distillTemperature, augment, restartLr, weightDecay, poolBeforeNorm,
         };
         command.SetAction(parse => BnnApp.Guard(io, () =>
         {
@@ -66,6 +67,7 @@ internal static class TrainCommand
                 Augmentation = parse.GetValue(augment) is string name ? AugmentationNames.All[name] : null,
                 RestartLearningRate = parse.GetValue(restartLr),
                 WeightDecay = parse.GetValue(weightDecay),
+                PoolBeforeNorm = parse.GetValue(poolBeforeNorm),
             };
             if (options.Epochs < 0 || options.BatchSize <= 0 || !(options.Width > 0))
             {
