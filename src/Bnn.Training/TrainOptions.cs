@@ -142,7 +142,8 @@ public sealed record TrainOptions
     /// Pool each conv's sums before batch norm and the sign, as BinaryNet does, instead of pooling the signs
     /// (<c>BinaryNetwork.PoolBeforeNorm</c>; the exported model is the same kind either way). Null keeps a resumed run's
     /// order, or else pools after the sign. Resuming a run of the other order with true converts its weights exactly
-    /// (<c>BinaryNetwork.MovePoolsBeforeNorm</c>): the resumed network computes the same, and training goes on in this order.
+    /// (<c>BinaryNetwork.MovePoolsBeforeNorm</c>, then <c>RenormalizePooledStages</c>): the resumed network computes the
+    /// same in evaluation, nearly the same in training, and training goes on in this order.
     /// </summary>
     public bool? PoolBeforeNorm { get; init; }
 }
@@ -176,7 +177,7 @@ public sealed record TrainSetup(
         if (ChannelsFlippedToPoolBeforeNorm is int flipped)
         {
             text = string.Create(CultureInfo.InvariantCulture,
-                $"{text}; pooling moved before batch norm from the resumed run's order, {flipped} channels' signs flipped to keep γ ≥ 0");
+                $"{text}; pooling moved before batch norm from the resumed run's order: {flipped} channels' signs flipped to keep γ ≥ 0, the pooled batch norms re-expressed in the pooled sums' statistics over {Math.Min(Trainer.RenormalizationImages, TrainCount):N0} training images");
         }
         return OptimizerNote is null ? text : $"{text}; {OptimizerNote}";
     }

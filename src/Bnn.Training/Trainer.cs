@@ -138,7 +138,13 @@ public static class Trainer
             Checkpoint.ReadState(options.Resume!, net, optimizer);
         }
         // Into the other direction nothing changes: the resumed γ ≥ 0 already makes the two orders agree.
-        int? flipped = resumed is not null && poolBeforeNorm && resumed.PoolBeforeNorm != true && !isFloat ? net.MovePoolsBeforeNorm(optimizer) : null;
+        int? flipped = null;
+        if (resumed is not null && poolBeforeNorm && resumed.PoolBeforeNorm != true && !isFloat)
+        {
+            flipped = net.MovePoolsBeforeNorm(optimizer);
+            net.RenormalizePooledStages(measure =>
+                ForEachAugmentedBatch(train, RenormalizationImages, augmentation, seed, stream: 3, (_, x) => measure(x)));
+        }
         int batches = train.Count / batchSize;
         if (options.MaxBatchesPerEpoch is int cap)
         {
@@ -255,6 +261,9 @@ public static class Trainer
         }
         return new Distillation(paths, weight, temperature, channelsLast, bf16);
     }
+
+    /// <summary>How many training images a run converted to pooling before batch norm measures its pooled sums on.</summary>
+    internal const int RenormalizationImages = 10_000;
 
     /// <summary>
     /// The seed of one epoch's shuffle and augmentation. <see cref="HashCode.Combine{T1,T2}"/> would be shorter, but it
@@ -404,6 +413,29 @@ public static class Trainer
             var labels = new long[n];
             FillBatch(set, Enumerable.Range(start, n).ToArray(), null, input, labels);
             body(start, tensor(input, [n, set.Channels, set.Height, set.Width]), tensor(labels));
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/> (start, batch) under a dispose scope over <paramref name="count"/> shuffled training
+    /// images, augmented as in training, in batches of 100: statistics of the batches training normalizes by.
+    /// <paramref name="stream"/> keeps each use's draws apart from the epochs'.
+    /// </summary>
+    internal static void ForEachAugmentedBatch(ImageSet train, int count, Augmentation augmentation, int seed, int stream, Action<int, Tensor> body)
+    {
+        const int BatchSize = 100;
+        var rng = new Random(EpochSeed(seed, 0, stream));
+        var order = Enumerable.Range(0, train.Count).ToArray();
+        rng.Shuffle(order);
+        var augment = Augmenter.For(augmentation, rng);
+        var input = new float[BatchSize * train.ImageSize];
+        var labels = new long[BatchSize];
+        for (int start = 0; start < Math.Min(count, train.Count); start += BatchSize)
+        {
+            using var scope = torch.NewDisposeScope();
+            int n = Math.Min(BatchSize, Math.Min(count, train.Count) - start);
+            FillBatch(train, order.AsSpan(start, n), augment, input, labels);
+            body(start, tensor(input.AsSpan(0, n * train.ImageSize).ToArray(), [n, train.Channels, train.Height, train.Width]));
         }
     }
 

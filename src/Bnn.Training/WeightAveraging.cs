@@ -28,8 +28,6 @@ public sealed record AveragingResult(
 /// </summary>
 public static class WeightAveraging
 {
-    private const int RecalibrationBatch = 100;
-
     /// <summary>
     /// Averages <paramref name="checkpoints"/> (same run: same architecture, width, dataset and validation split)
     /// into <paramref name="outPath"/>. With <paramref name="recalibrationImages"/> &gt; 0 the batch-norm statistics
@@ -117,26 +115,18 @@ public static class WeightAveraging
         {
             norm.reset_running_stats();
         }
-        var rng = new Random(Trainer.EpochSeed(seed, 0, stream: 2));
-        var order = Enumerable.Range(0, train.Count).ToArray();
-        rng.Shuffle(order);
-        var input = new float[RecalibrationBatch * train.ImageSize];
-        var labels = new long[RecalibrationBatch];
         net.train();
         using (no_grad())
         {
-            for (int start = 0; start < count; start += RecalibrationBatch)
+            Trainer.ForEachAugmentedBatch(train, count, augmentation, seed, stream: 2, (start, x) =>
             {
-                using var scope = NewDisposeScope();
-                int n = Math.Min(RecalibrationBatch, count - start);
                 foreach (var norm in norms)
                 {
                     // Weighted by images, so that a short last batch counts for what it holds.
-                    norm.momentum = (double)n / (start + n);
+                    norm.momentum = (double)x.shape[0] / (start + x.shape[0]);
                 }
-                Trainer.FillBatch(train, order.AsSpan(start, n), Augmenter.For(augmentation, rng), input, labels);
-                net.forward(tensor(input.AsSpan(0, n * train.ImageSize).ToArray(), [n, train.Channels, train.Height, train.Width]));
-            }
+                net.forward(x);
+            });
         }
         foreach (var norm in norms)
         {

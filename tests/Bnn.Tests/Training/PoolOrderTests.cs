@@ -164,6 +164,48 @@ public sealed class PoolOrderTests
     }
 
     [Fact]
+    public void RenormalizePooledStages_KeepsEvaluation_AndMakesTrainingOnTheMeasuredBatchComputeWhatEvaluationDid()
+    {
+        // Given a network converted from the other order
+        using var scope = NewDisposeScope();
+        using var before = Network(poolBeforeNorm: false, seed: 5);
+        RandomizeNorms(before, gammaLow: -1);
+        before.eval();
+        using var after = Network(poolBeforeNorm: true, seed: 6);
+        after.load_state_dict(before.state_dict());
+        after.MovePoolsBeforeNorm(null);
+        var x = Pixels(64);
+        var batch = Pixels(50);
+        var expected = before.forward(x);
+        var firstStage = (BinaryNetwork.ConvStage)after.Stages[0];
+        var oldMean = firstStage.Norm.running_mean!.clone();
+
+        // When its pooled batch norms are re-expressed in the statistics of one batch's pooled sums
+        long positions = after.RenormalizePooledStages(measure => measure(batch));
+
+        // Then evaluation computes the same scores, the first stage's running mean is that batch's mean pooled sum
+        Assert.Equal(50 * 4 * 4, positions);
+        Assert.True(after.forward(x).eq(expected).all().item<bool>());
+        Assert.False(firstStage.Norm.running_mean!.eq(oldMean).all().item<bool>());
+        using (no_grad())
+        {
+            var pooledSums = firstStage.Sums(batch);
+            Assert.True(firstStage.Norm.running_mean!.allclose(pooledSums.mean([0, 2, 3]), rtol: 1e-5, atol: 1e-3));
+        }
+
+        // And training mode on that batch, normalizing by its own statistics, makes the signs that evaluation made
+        // before (through both pooled stages; the dense stage after them normalizes by its batch too)
+        after.train();
+        Tensor trained = batch, evaluated = batch;
+        for (int i = 0; i < 4; i++)
+        {
+            trained = after.Stages[i].forward(trained);
+            evaluated = before.Stages[i].forward(evaluated);
+        }
+        Assert.True(trained.eq(evaluated).all().item<bool>());
+    }
+
+    [Fact]
     public void TrainSmoke_PoolBeforeNorm_FreshAndConvertedOnResume_ExportModelsTheEngineReproduces()
     {
         using var dir = new TempDirectory();
@@ -189,7 +231,8 @@ public sealed class PoolOrderTests
         var converted = Trainer.Train(options with { Epochs = 2, Resume = old.CheckpointPath, PoolBeforeNorm = true, Out = dir.File("moved.bnn") },
             started: s => setup = s);
         Assert.NotNull(setup!.ChannelsFlippedToPoolBeforeNorm);
-        Assert.Contains("pooling moved before batch norm from the resumed run's order", setup.Describe(), StringComparison.Ordinal);
+        Assert.Contains("pooling moved before batch norm from the resumed run's order: ", setup.Describe(), StringComparison.Ordinal);
+        Assert.Contains("re-expressed in the pooled sums' statistics over 400 training images", setup.Describe(), StringComparison.Ordinal);
         var kept = Trainer.Train(options with { Epochs = 3, Resume = converted.CheckpointPath, Out = dir.File("moved.bnn") }, started: s => setup = s);
         Assert.True(setup!.PoolBeforeNorm);
         Assert.Null(setup.ChannelsFlippedToPoolBeforeNorm);
