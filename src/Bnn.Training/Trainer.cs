@@ -137,7 +137,8 @@ public static class Trainer
         {
             Checkpoint.ReadState(options.Resume!, net, optimizer);
         }
-        // Into the other direction nothing changes: the resumed γ ≥ 0 already makes the two orders agree.
+        // A run of the other order converts; back from this order nothing needs to change, since its γ ≥ 0 already
+        // makes both orders compute the same.
         int? flipped = null;
         if (resumed is not null && poolBeforeNorm && resumed.PoolBeforeNorm != true && !isFloat)
         {
