@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Reflection;
 using Bnn.Data;
 
 namespace Bnn.Cli;
@@ -20,6 +21,13 @@ public static class BnnApp
 
     /// <summary>Exit code for bad input data or a bad model.</summary>
     public const int DataError = 2;
+
+    /// <summary>
+    /// This build's version and the commit it was built from ("1.0.0+sha"), as <c>bnn --version</c> prints it; a training
+    /// log opens with it, so that a run that spans sessions says which code trained each part.
+    /// </summary>
+    public static string Version =>
+        typeof(BnnApp).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown";
 
     /// <summary>Parses and runs one command line.</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)

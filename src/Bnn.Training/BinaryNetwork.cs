@@ -186,6 +186,7 @@ internal sealed class BinaryNetwork : nn.Module<Tensor, Tensor>
     /// </summary>
     internal long RenormalizePooledStages(Action<Action<Tensor>> feed)
     {
+        using var scope = NewDisposeScope();
         var pooled = PooledConvStages.ToList();
         var sums = pooled.Select(c => zeros(c.Spec.OutChannels, dtype: float64)).ToList();
         var squares = pooled.Select(c => zeros(c.Spec.OutChannels, dtype: float64)).ToList();

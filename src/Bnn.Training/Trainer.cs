@@ -431,10 +431,11 @@ public static class Trainer
         var augment = Augmenter.For(augmentation, rng);
         var input = new float[BatchSize * train.ImageSize];
         var labels = new long[BatchSize];
-        for (int start = 0; start < Math.Min(count, train.Count); start += BatchSize)
+        int total = Math.Min(count, train.Count);
+        for (int start = 0; start < total; start += BatchSize)
         {
             using var scope = torch.NewDisposeScope();
-            int n = Math.Min(BatchSize, Math.Min(count, train.Count) - start);
+            int n = Math.Min(BatchSize, total - start);
             FillBatch(train, order.AsSpan(start, n), augment, input, labels);
             body(start, tensor(input.AsSpan(0, n * train.ImageSize).ToArray(), [n, train.Channels, train.Height, train.Width]));
         }

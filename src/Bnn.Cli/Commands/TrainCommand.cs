@@ -140,7 +140,7 @@ internal static class TrainCommand
                     io.Out.WriteLine(line);
                 }
             });
-            return Trainer.Train(options, lines, started: setup => io.Out.WriteLine(setup.Describe()));
+            return Trainer.Train(options, lines, started: setup => io.Out.WriteLine($"bnn {BnnApp.Version}\n{setup.Describe()}"));
         }
         TrainResult? result = null;
         AnsiConsole.Progress()
@@ -152,7 +152,7 @@ internal static class TrainCommand
                 {
                     task.Description = string.Create(CultureInfo.InvariantCulture, $"epoch {p.Epoch}/{p.Epochs} loss {p.Loss:F3} acc {p.Accuracy:P1}");
                     task.Value = ((p.Epoch - 1) + ((double)p.Batch / p.Batches)) / p.Epochs;
-                }), started: setup => AnsiConsole.WriteLine(setup.Describe()));
+                }), started: setup => AnsiConsole.WriteLine($"bnn {BnnApp.Version}\n{setup.Describe()}"));
             });
         return result!;
     }

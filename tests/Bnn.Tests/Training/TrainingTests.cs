@@ -122,7 +122,7 @@ public sealed class TrainingTests
     }
 
     [Fact]
-    public void TrainCommand_LogsTheSetupFirst_ThenOneLinePerEpoch()
+    public void TrainCommand_LogsTheBuildAndSetupFirst_ThenOneLinePerEpoch()
     {
         using var dir = new TempDirectory();
         TestData.WriteCifarDirectory(dir, 100, seed: 29, learnable: true);
@@ -131,11 +131,13 @@ public sealed class TrainingTests
 
         Assert.True(code == 0, error);
         var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Matches(@"^bnn \d+\.\d+\.\d+", lines[0]);
+        Assert.Equal($"bnn {Bnn.Cli.BnnApp.Version}", lines[0]);
         Assert.Equal(
             "cnv ×0.125 on cifar10: 400 training and 100 validation images, batch 20; epochs 1-2, learning rate 2e-3 cosine-annealed " +
-            "over epochs 1-2; augmentation crop-flip; channels-last, binary convs in float32", lines[0]);
-        Assert.StartsWith("epoch 1/2: loss ", lines[1], StringComparison.Ordinal);
-        Assert.StartsWith("epoch 2/2: loss ", lines[2], StringComparison.Ordinal);
+            "over epochs 1-2; augmentation crop-flip; channels-last, binary convs in float32", lines[1]);
+        Assert.StartsWith("epoch 1/2: loss ", lines[2], StringComparison.Ordinal);
+        Assert.StartsWith("epoch 2/2: loss ", lines[3], StringComparison.Ordinal);
 
         // The run's checkpoint then describes itself, and draws its curves
         var plot = dir.File("plots/curves.png");
