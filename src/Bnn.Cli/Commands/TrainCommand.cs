@@ -129,6 +129,9 @@ internal static class TrainCommand
             $"epoch {p.Epoch}/{p.Epochs}{where}: loss {p.Loss:F4} train acc {p.Accuracy:P2} eta {(long)p.Eta.TotalHours:00}:{p.Eta.Minutes:00}:{p.Eta.Seconds:00}");
     }
 
+    /// <summary>The log's first lines: the build that runs it, then the run's setup.</summary>
+    private static string Opening(TrainSetup setup) => $"bnn {BnnApp.Version}\n{setup.Describe()}";
+
     private static TrainResult RunWithProgress(CliIo io, TrainOptions options)
     {
         if (!io.Interactive)
@@ -140,7 +143,7 @@ internal static class TrainCommand
                     io.Out.WriteLine(line);
                 }
             });
-            return Trainer.Train(options, lines, started: setup => io.Out.WriteLine($"bnn {BnnApp.Version}\n{setup.Describe()}"));
+            return Trainer.Train(options, lines, started: setup => io.Out.WriteLine(Opening(setup)));
         }
         TrainResult? result = null;
         AnsiConsole.Progress()
@@ -152,7 +155,7 @@ internal static class TrainCommand
                 {
                     task.Description = string.Create(CultureInfo.InvariantCulture, $"epoch {p.Epoch}/{p.Epochs} loss {p.Loss:F3} acc {p.Accuracy:P1}");
                     task.Value = ((p.Epoch - 1) + ((double)p.Batch / p.Batches)) / p.Epochs;
-                }), started: setup => AnsiConsole.WriteLine($"bnn {BnnApp.Version}\n{setup.Describe()}"));
+                }), started: setup => AnsiConsole.WriteLine(Opening(setup)));
             });
         return result!;
     }
